@@ -1,0 +1,133 @@
+"""MAML (Finn et al. 2017) as a functional meta-learner: Eq. 1a-1b of the paper.
+
+The meta-model is an ordinary (timm) module; adaptation never edits it in
+place. ``torch.func.functional_call`` runs it with the adapted parameters, so
+the second-order graph of Eq. 1 is plain autograd, and test-time adaptation of
+many tasks at once is a ``vmap`` of the same function.
+
+BatchNorm: like the reference, the meta-model always normalises with the
+statistics of the batch it sees (support, then query), also at test time.
+``batch_stats=False`` keeps running statistics instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
+
+import purer
+from purer.interfaces import MetaLearner, Options, Params
+from purer.types import EpisodeBatch, OuterMetrics
+
+
+class MAMLOptions(Options):
+    inner_steps: int = Field(1, ge=0, description="gradient steps of the inner loop")
+    inner_lr: float = Field(0.01, gt=0, description="inner-loop step size (alpha)")
+    first_order: bool = Field(False, description="drop second-order terms of the outer gradient")
+    outer_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the meta-model")
+    test_inner_steps: int | None = Field(None, ge=0, description="inner steps at meta-test (default: inner_steps)")
+    test_inner_lr: float | None = Field(None, gt=0, description="inner lr at meta-test (default: inner_lr)")
+    batch_stats: bool = Field(True, description="BatchNorm uses batch statistics, also at test time")
+    test_batching: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="how test tasks are adapted together; auto: loop on CPU, vmap on GPU")
+
+
+class MAML(MetaLearner):
+    """Model-agnostic meta-learning on a functional view of any ``nn.Module``."""
+
+    Options = MAMLOptions
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        if self.options.batch_stats:
+            replace_all_batch_norm_modules_(model)
+        self.model = model.to(device)
+        self.model.train(self.options.batch_stats)
+        self.device = device
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.options.outer_lr)
+
+    # ----------------------------------------------------------------- inner loop
+    def params(self) -> Params:
+        return dict(self.model.named_parameters())
+
+    def predict(self, params: Params, images: Tensor) -> Tensor:
+        return functional_call(self.model, params, (images,))
+
+    def adapt(self, support: Tensor, labels: Tensor, *, create_graph: bool,
+              params: Params | None = None, steps: int | None = None,
+              lr: float | None = None) -> Params:
+        params = self.params() if params is None else params
+        steps = self.options.inner_steps if steps is None else steps
+        lr = self.options.inner_lr if lr is None else lr
+        for _ in range(steps):
+            loss = F.cross_entropy(self.predict(params, support), labels)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+            params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+        return params
+
+    # ----------------------------------------------------------------- outer loop
+    def outer_loss(self, episodes: EpisodeBatch, *, create_graph: bool) -> tuple[Tensor, Tensor]:
+        second_order = create_graph and not self.options.first_order
+        total, correct = 0.0, 0.0
+        for e in range(episodes.num_episodes):
+            adapted = self.adapt(episodes.support[e], episodes.support_labels[e],
+                                 create_graph=second_order)
+            logits = self.predict(adapted, episodes.query[e])
+            total = total + F.cross_entropy(logits, episodes.query_labels[e])
+            correct += (logits.argmax(-1) == episodes.query_labels[e]).float().mean().detach()
+        return total, torch.as_tensor(correct / episodes.num_episodes)
+
+    def meta_step(self, episodes: EpisodeBatch) -> OuterMetrics:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, accuracy = self.outer_loss(episodes, create_graph=True)
+        loss.backward()
+        self.optimizer.step()
+        return OuterMetrics(loss=float(loss.detach()), accuracy=float(accuracy))
+
+    # ----------------------------------------------------------------- meta-test
+    def adapt_and_predict(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
+        steps = self.options.test_inner_steps if self.options.test_inner_steps is not None else self.options.inner_steps
+        lr = self.options.test_inner_lr or self.options.inner_lr
+        strategy = self.options.test_batching
+        if strategy == "auto":
+            strategy = "loop" if support.device.type == "cpu" else "vmap"
+        base = {k: v.detach() for k, v in self.params().items()}
+        if strategy == "loop":
+            outs = []
+            for t in range(support.shape[0]):
+                params = {k: v.requires_grad_() for k, v in
+                          ((k, v.clone()) for k, v in base.items())}
+                with torch.enable_grad():
+                    adapted = self.adapt(support[t], support_labels[t], create_graph=False,
+                                         params=params, steps=steps, lr=lr)
+                with torch.no_grad():
+                    outs.append(self.predict({k: v.detach() for k, v in adapted.items()}, query[t]))
+            return torch.stack(outs)
+
+        def one_task(params: Params, xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
+            def inner_loss(p: Params) -> Tensor:
+                return F.cross_entropy(functional_call(self.model, p, (xs,)), ys)
+            for _ in range(steps):
+                g = grad(inner_loss)(params)
+                params = {k: params[k] - lr * g[k] for k in params}
+            return functional_call(self.model, params, (xq,))
+
+        return vmap(one_task, in_dims=(None, 0, 0, 0))(base, support, support_labels, query)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+@purer.hookimpl
+def register_meta_learners(register) -> None:
+    register("maml", MAML)

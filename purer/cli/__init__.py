@@ -1,0 +1,1 @@
+"""The ``purer`` command line. Each sub-command lives in its own module."""

@@ -1,0 +1,58 @@
+"""Entry point of the ``purer`` command: the root group and error handling."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from purer import __version__
+from purer.errors import PurerError
+from purer.plugins import get_host
+
+# Modules that each define ``register(cli)``; plugins add more via ``register_commands``.
+COMMAND_MODULES = ("plugins_cmd", "config_cmd", "data_cmd", "zoo_cmd", "run_cmd", "eval_cmd")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="purer")
+def cli() -> None:
+    """purer: data-free meta-learning from a zoo of pre-trained classifiers.
+
+    Typical session: `purer zoo build` (or bring your own teachers with
+    `purer zoo add`), `purer run` to meta-train with ECI, `purer eval` to
+    score the val-selected checkpoint on meta-test tasks.
+    """
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"purer.cli.{_name}").register(cli)
+
+
+def build_cli() -> click.Group:
+    """The root group with plugin commands attached (plugins load here, once)."""
+    if not getattr(cli, "_plugins_added", False):
+        get_host().add_commands(cli)
+        cli._plugins_added = True  # type: ignore[attr-defined]
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        build_cli().main(args=argv, prog_name="purer", standalone_mode=False)
+    except PurerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The run configuration: one pydantic model, one section per component.
+
+Sources, later wins: the schema's defaults (the paper's values), a preset or
+TOML file, CLI options, then ``--set section.key=value``. Sections backed by a
+plugin (``inverter``, ``curriculum``, ``meta``, ``init``, ``calibrator``,
+``data``) hold ``name`` plus that plugin's own options, validated against the
+plugin's ``Options`` model, so a typo is caught before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from purer.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginSection(BaseModel):
+    """``name`` picks the plugin; every other key is one of its options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ZooBuildOptions(Section):
+    """How to train a zoo of teachers (method.md §1); defaults = the paper's SS protocol."""
+
+    scenario: Literal["ss", "sh", "mh"] = "ss"
+    teachers: int = Field(13, ge=1)
+    way: int = Field(5, ge=2)
+    assign: Literal["disjoint", "random"] = "disjoint"
+    arch: list[str] = Field(default_factory=lambda: ["conv4"])
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    extra_data: list[str] = Field(default_factory=list,
+                                  description="MH: more datasets as NAME or NAME=ROOT")
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float | None = Field(None, gt=0, description="default: 0.01 (Adam for conv4, SGD else)")
+    holdout: float = Field(0.2, gt=0, lt=1)
+    augment: bool = False
+    seed: int = 0
+
+
+class ZooSection(Section):
+    path: str | None = Field(None, description="an existing zoo; unset: build (or reuse) one from `build`")
+    build: ZooBuildOptions = Field(default_factory=ZooBuildOptions)
+
+
+class TrainSection(Section):
+    steps: int = Field(60_000, ge=0)
+    episode_batch: int = Field(4, ge=1)
+    way: int = Field(5, ge=2)
+    shot: int = Field(1, ge=1)
+    query: int = Field(15, ge=1)
+    meta_arch: str = "conv4"
+    meta_arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    val_every: int = Field(1000, ge=1)
+    val_tasks: int = Field(200, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    image_every: int = Field(5000, ge=1)
+    max_memory_abs: float = Field(1e3, gt=0, description="divergence guard on |memory|")
+
+
+class EvalSection(Section):
+    tasks: int = Field(600, ge=1)
+    query: int = Field(15, ge=1)
+    way: int | None = None  # None: the training way
+    shots: list[int] = Field(default_factory=list)  # empty: the training shot
+    split: Literal["meta_test", "meta_val"] = "meta_test"
+    seed: int = 2023
+    baselines: list[str] = Field(default_factory=lambda: ["random", "average"])
+    batch_tasks: int = Field(50, ge=1)
+
+
+class RunConfig(Section):
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    name: str | None = None
+    data: PluginSection = Field(default_factory=lambda: PluginSection(name="synthetic-shapes"))
+    zoo: ZooSection = Field(default_factory=ZooSection)
+    inverter: PluginSection = Field(default_factory=lambda: PluginSection(name="deepinv"))
+    curriculum: PluginSection = Field(default_factory=lambda: PluginSection(name="gradient-switch"))
+    meta: PluginSection = Field(default_factory=lambda: PluginSection(name="maml"))
+    init: PluginSection = Field(default_factory=lambda: PluginSection(name="random"))
+    calibrator: PluginSection = Field(default_factory=lambda: PluginSection(name="none"))
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _device_known(self) -> RunConfig:
+        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
+            raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
+        return self
+
+
+# Which registry each plugin-backed section is looked up in.
+PLUGIN_SECTIONS = {
+    "data": "dataset",
+    "inverter": "inverter",
+    "curriculum": "curriculum",
+    "meta": "meta_learner",
+    "init": "initializer",
+    "calibrator": "calibrator",
+}
+
+
+# ---------------------------------------------------------------------- loading
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("purer.presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"--preset: unknown preset '{name}' (available: {', '.join(preset_names())})")
+    return tomllib.loads(resources.files("purer.presets").joinpath(f"{name}.toml").read_text())
+
+
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value); the value is read as TOML/JSON
+    when it parses (numbers, booleans, lists) and as a string otherwise."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+    return path, value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; choosing another plugin ``name`` drops the old plugin's options."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            old = out[key]
+            if "name" in value and old.get("name") not in (None, value["name"]) and key in PLUGIN_SECTIONS:
+                old = {}
+            out[key] = merge(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not a section")
+    if path[-1] == "name" and len(path) == 2 and path[0] in PLUGIN_SECTIONS and node.get("name") != value:
+        node.clear()
+    node[path[-1]] = value
+
+
+def _explain(exc: ValidationError, prefix: str = "") -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "literal_error":
+        msg = f"must be one of {err['ctx']['expected']}"
+    got = err.get("input")
+    shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    return f"{where or 'config'}: {msg}{shown}"
+
+
+def validate_options(cls: type, options: dict[str, Any], section: str) -> Any:
+    """Validate a plugin's options against its own ``Options`` model."""
+    try:
+        return cls.Options(**options)
+    except ValidationError as exc:
+        message = _explain(exc, section)
+        if exc.errors()[0]["type"] == "extra_forbidden":
+            allowed = ", ".join(cls.Options.model_fields) or "no options"
+            message += f"; {getattr(cls, 'name', cls.__name__)} takes: {allowed}"
+        raise ConfigError(message) from None
+
+
+def build_config(*layers: dict[str, Any], assignments: tuple[str, ...] = (),
+                 host: Any = None) -> RunConfig:
+    """Merge the layers, apply ``--set`` assignments and validate everything,
+    plugin options included. Returns the config with every default filled in."""
+    tree: dict[str, Any] = {}
+    for layer in layers:
+        tree = merge(tree, layer)
+    for text in assignments:
+        path, value = parse_assignment(text)
+        set_path(tree, path, value)
+    try:
+        config = RunConfig(**tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    if host is not None:
+        resolve_plugin_options(config, host)
+    return config
+
+
+def resolve_plugin_options(config: RunConfig, host: Any) -> None:
+    """Check every plugin section against its plugin and fill in its defaults."""
+    for section, kind in PLUGIN_SECTIONS.items():
+        value: PluginSection = getattr(config, section)
+        try:
+            cls = host.get(kind, value.name)
+        except Exception as exc:
+            raise ConfigError(f"{section}.name: {exc}") from None
+        resolved = validate_options(cls, value.options, section)
+        setattr(config, section, PluginSection(name=value.name, **resolved.model_dump()))
+
+
+def plugin_options(config: RunConfig, section: str) -> dict[str, Any]:
+    return getattr(config, section).options
+
+
+def to_toml(config: RunConfig) -> str:
+    """A small TOML writer for the resolved config (tables of scalars/lists)."""
+    data = config.model_dump(mode="json")
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and (scalars or not tables):
+            lines.append(f"\n[{prefix}]")
+        for key, value in scalars.items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+        for key, value in tables.items():
+            emit(value, f"{prefix}.{key}" if prefix else key)
+
+    emit(data, "")
+    return "\n".join(lines).lstrip() + "\n"

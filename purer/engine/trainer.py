@@ -1,0 +1,178 @@
+"""ECI meta-training (paper Alg. 1): the loop, checkpoints, resume, guard.
+
+``ECITrainer.outer_step`` is Alg. 1's body and should stay readable on one
+screen; everything around it (validation, checkpoints, pictures, logging) is
+bookkeeping that never touches the random streams the step uses, so a run
+resumed from a checkpoint replays the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import torch
+
+from purer.config import RunConfig
+from purer.data import load_split
+from purer.data.episodes import make_task_list
+from purer.engine import checkpoint as ckpt
+from purer.engine.build import build_meta_learner, build_meta_model, initialize, load_zoo
+from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
+from purer.errors import DivergenceError
+from purer.pictures import save_curve, save_grid
+from purer.plugins import get_host
+from purer.progress import progress
+from purer.rundir import RunDir
+from purer.types import EpisodeBatch
+
+
+class ECITrainer:
+    """Meta-trains a meta-model on pseudo episodes inverted from a teacher zoo."""
+
+    def __init__(self, config: RunConfig, run: RunDir, device: torch.device) -> None:
+        self.config, self.run, self.device = config, run, device
+        host, train = get_host(), config.train
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.teachers = load_zoo(config, device)
+        self.val_split = load_split(config.data.name, "meta_val", **config.data.options)
+        self.space = self.val_split.space
+        model = build_meta_model(config)
+        initialize(model, config.init.name, config.init.options, self.teachers)
+        self.meta = build_meta_learner(config, device, model)
+        self.inverter = host.create("inverter", config.inverter.name, config.inverter.options, "inverter")
+        self.inverter.setup(self.teachers, train.shot + train.query, device, self.generator)
+        self.curriculum = host.create("curriculum", config.curriculum.name,
+                                      config.curriculum.options, "curriculum")
+        self.owners = OwnerTable(torch.tensor([c for t in self.teachers for c in t.class_ids]))
+        self.val_tasks = make_task_list(self.val_split, train.way, train.shot, train.query,
+                                        train.val_tasks, seed=config.eval.seed + 1)
+        self.step = 0
+        self.best: dict[str, Any] = {"step": 0, "val_accuracy": -1.0}
+        self.val_history: list[tuple[int, float]] = []
+
+    # ------------------------------------------------------------------ Alg. 1
+    def sample(self, count: int, *, detach: bool) -> EpisodeBatch:
+        t = self.config.train
+        bank = self.inverter.bank(self.space, detach=detach)
+        return sample_pseudo_episodes(bank, self.owners, t.way, t.shot, t.query, count, self.generator)
+
+    def outer_step(self, step: int) -> dict[str, Any]:
+        """One iteration of Alg. 1."""
+        # Gradient switch (Eq. 5): when on, the memory also maximises the outer loss (Eq. 6).
+        scale = self.curriculum.adversarial_scale(step)
+        reversed_loss = None
+        if scale:
+            hard = self.sample(1, detach=False)
+            reversed_loss = -scale * self.meta.outer_loss(hard, create_graph=True)[0]
+        # Episode inversion: one step of the memory on Eq. 2 summed over teachers.
+        inversion = self.inverter.step(reversed_loss)
+        # Pseudo episode training: MAML's outer update on a batch of episodes (Eq. 1).
+        outer = self.meta.meta_step(self.sample(self.config.train.episode_batch, detach=True))
+        # Feedback for the curriculum.
+        self.curriculum.observe(step, outer.accuracy)
+        return {"step": step, "outer_loss": outer.loss, "train_accuracy": outer.accuracy,
+                "switch": bool(scale), **{f"inv_{k}": v for k, v in inversion.items()}}
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        train = self.config.train
+        with progress() as bar:
+            task = bar.add_task("meta-train", total=train.steps, completed=self.step, status="")
+            try:
+                for step in range(self.step + 1, train.steps + 1):
+                    started = time.perf_counter()
+                    record = self.outer_step(step)
+                    self.guard(record)
+                    record["seconds"] = time.perf_counter() - started
+                    self.step = step
+                    if step % train.val_every == 0 or step == train.steps:
+                        record["val_accuracy"] = self.validate(step)
+                    self.run.log(record)
+                    if step % train.checkpoint_every == 0 or step == train.steps:
+                        self.save()
+                    if step % train.image_every == 0 or step == train.steps:
+                        self.save_pictures(step)
+                    bar.update(task, completed=step, status=self._status(record))
+            except KeyboardInterrupt:
+                self.save()
+                raise
+        return self.best
+
+    def _status(self, r: dict[str, Any]) -> str:
+        switch = "[red]on[/]" if r["switch"] else "off"
+        val = f" val {r['val_accuracy']:.1f}%" if "val_accuracy" in r else ""
+        return f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% switch {switch}{val}"
+
+    def guard(self, record: dict[str, Any]) -> None:
+        """Stop on NaN/Inf or an exploding memory, before anything is saved."""
+        for key, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                self._diverged(record["step"], key, value)
+        largest = max(float(x.abs().max()) for x in self.inverter.teacher_images())
+        if not largest < self.config.train.max_memory_abs:
+            self._diverged(record["step"], "memory |max|", largest)
+
+    def _diverged(self, step: int, component: str, value: float) -> None:
+        self.run.log({"step": step, "diverged": component, "value": repr(value)})
+        kept = f"step {self.last_saved()}" if self.last_saved() else "none yet"
+        raise DivergenceError(f"step {step}: {component} is {value}; stopped, the last good "
+                              f"checkpoint ({kept}) is kept in {self.run.checkpoints}")
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, step: int) -> float:
+        from purer.evaluation.evaluator import evaluate
+
+        result = evaluate(self.meta, self.val_tasks, self.val_split, self.device,
+                          batch_tasks=self.config.eval.batch_tasks, show_progress=False)
+        self.val_history.append((step, result.mean))
+        if result.mean > self.best["val_accuracy"]:
+            self.best = {"step": step, "val_accuracy": result.mean}
+            ckpt.save_state(self.run.checkpoints, f"best-{step}", {"model": self.meta.model.state_dict()},
+                            pointer="best", info=self.best)
+            ckpt.prune(self.run.checkpoints, {f"best-{step}"}, "best")
+        steps, accs = zip(*self.val_history)
+        save_curve(steps, accs, self.run.images / "val_accuracy.png",
+                   title="meta-val accuracy", ylabel="acc %")
+        return result.mean
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {"meta": self.meta.state_dict(), "inverter": self.inverter.state_dict(),
+                "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generator),
+                "step": self.step, "best": self.best, "val_history": [list(v) for v in self.val_history]}
+
+    def save(self) -> None:
+        stem = f"step-{self.step}"
+        ckpt.save_state(self.run.checkpoints, stem, self.state(), pointer="last",
+                        info={"step": self.step})
+        ckpt.prune(self.run.checkpoints, {stem}, "step")
+
+    def last_saved(self) -> int:
+        path = self.run.checkpoints / "last.json"
+        return int(json.loads(path.read_text())["step"]) if path.exists() else 0
+
+    def resume(self) -> None:
+        state, _ = ckpt.load_state(self.run.checkpoints, "last", self.device)
+        self.meta.load_state_dict(state["meta"])
+        self.inverter.load_state_dict(state["inverter"])
+        self.curriculum.load_state_dict(state["curriculum"])
+        ckpt.restore_rng(state["rng"], self.generator)
+        self.step = int(state["step"])
+        self.best = dict(state["best"])
+        self.val_history = [(int(s), float(a)) for s, a in state["val_history"]]
+        self.run.truncate_metrics(self.step)
+
+    # ------------------------------------------------------------------ pictures
+    def save_pictures(self, step: int, per_class: int = 8) -> None:
+        """One PNG grid per teacher: a row per class (cf. the paper's Fig. 5)."""
+        folder = self.run.images / f"memory-step{step:06d}"
+        for teacher, images in zip(self.teachers, self.inverter.teacher_images()):
+            shown = images[:, :per_class]
+            pixels = teacher.space.denormalize(shown.float()).clamp(0, 1)
+            save_grid(pixels.reshape(-1, *pixels.shape[2:]), folder / f"{teacher.name}.png",
+                      nrow=shown.shape[1], scale=2)

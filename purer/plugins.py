@@ -1,0 +1,188 @@
+"""The plugin host: a typed facade over pluggy.
+
+Core code asks the host for components by kind and name
+(``host.get("inverter", "deepinv")``) and never spells a hook name. Plugins
+are found through the ``purer`` entry-point group; the built-in ones in
+``purer_plugins`` are declared there too, so they load exactly like a
+third-party package.
+
+``PURER_DISABLE_PLUGINS=name1,name2`` keeps the named entry points (or
+distributions) from loading.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from types import ModuleType
+from typing import Any, Callable
+
+import pluggy
+
+from purer import hookspecs
+from purer.errors import PluginError
+from purer.interfaces import (Calibrator, Component, Curriculum, DatasetReader, Initializer,
+                              Inverter, InversionTerm, MetaLearner)
+
+ENTRY_POINT_GROUP = "purer"
+DISABLE_ENV = "PURER_DISABLE_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One registry: which hook fills it and what it must hold."""
+
+    name: str
+    hook: str
+    base: type | None  # None: any callable (architectures)
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in [
+    Kind("inverter", "register_inverters", Inverter),
+    Kind("inversion_term", "register_inversion_terms", InversionTerm),
+    Kind("curriculum", "register_curricula", Curriculum),
+    Kind("meta_learner", "register_meta_learners", MetaLearner),
+    Kind("calibrator", "register_calibrators", Calibrator),
+    Kind("dataset", "register_datasets", DatasetReader),
+    Kind("architecture", "register_architectures", None),
+    Kind("initializer", "register_initializers", Initializer),
+]}
+
+
+@dataclass
+class Entry:
+    name: str
+    obj: Any
+    plugin: str
+    distribution: str
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    module: str
+    registers: dict[str, list[str]] = field(default_factory=dict)
+
+
+class PluginHost:
+    """Loads plugins, fills one registry per kind, answers look-ups."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self.plugins: dict[str, PluginInfo] = {}
+
+    # ------------------------------------------------------------------ loading
+    def load_entry_points(self, disabled: set[str] | None = None) -> None:
+        disabled = _disabled_from_env() if disabled is None else disabled
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            if ep.name in disabled or dist in disabled:
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not take the host down silently
+                raise PluginError(f"plugin '{ep.name}' ({dist}): cannot import {ep.value}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            version = ep.dist.version if ep.dist is not None else "?"
+            self.register_plugin(module, ep.name, dist, version)
+
+    def register_plugin(self, module: ModuleType | object, name: str,
+                        distribution: str = "(inline)", version: str = "") -> None:
+        """Register one plugin object and collect what it registers."""
+        if name in self.plugins:
+            raise PluginError(f"plugin '{name}' ({distribution}): a plugin of that name is "
+                              f"already loaded from {self.plugins[name].distribution}")
+        try:
+            self.pm.register(module, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin '{name}' ({distribution}): invalid hook "
+                              f"implementation: {_first_line(exc)}") from exc
+        info = PluginInfo(name, distribution, version, getattr(module, "__name__", repr(module)))
+        self.plugins[name] = info
+        for kind in KINDS.values():
+            caller = getattr(self.pm.hook, kind.hook)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is module:
+                    self._collect(kind, impl.function, info)
+
+    def _collect(self, kind: Kind, function: Callable, info: PluginInfo) -> None:
+        def register(name: str, obj: Any) -> None:
+            self._add(kind, name, obj, info)
+
+        try:
+            result = function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin '{info.name}' ({info.distribution}): {kind.hook} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if result is not None:
+            raise PluginError(f"plugin '{info.name}' ({info.distribution}): {kind.hook} must "
+                              f"call register(name, obj) and return None, not {type(result).__name__}")
+
+    def _add(self, kind: Kind, name: str, obj: Any, info: PluginInfo) -> None:
+        where = f"plugin '{info.name}' ({info.distribution})"
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{where}: {kind.hook} registered a {kind.name} without a name")
+        if kind.base is not None and not (inspect.isclass(obj) and issubclass(obj, kind.base)):
+            raise PluginError(f"{where}: {kind.name} '{name}' must be a subclass of "
+                              f"{kind.base.__module__}.{kind.base.__name__}, got {obj!r}")
+        if kind.base is None and not callable(obj):
+            raise PluginError(f"{where}: {kind.name} '{name}' must be callable, got {obj!r}")
+        existing = self.registries[kind.name].get(name)
+        if existing is not None:
+            raise PluginError(f"{kind.name} '{name}' is registered twice: by plugin "
+                              f"'{existing.plugin}' ({existing.distribution}) and by {where}")
+        if isinstance(obj, type) and issubclass(obj, Component):
+            obj.name = name
+        self.registries[kind.name][name] = Entry(name, obj, info.name, info.distribution)
+        info.registers.setdefault(kind.name, []).append(name)
+
+    # ------------------------------------------------------------------ look-ups
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.registries[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        try:
+            return self.registries[kind][name].obj
+        except KeyError:
+            allowed = ", ".join(self.names(kind)) or "none installed"
+            raise PluginError(f"unknown {kind.replace('_', ' ')} '{name}' "
+                              f"(installed: {allowed})") from None
+
+    def create(self, kind: str, name: str, options: dict[str, Any] | None = None,
+               section: str | None = None) -> Any:
+        """Build a component with options validated against its own schema."""
+        from purer.config import validate_options
+
+        cls = self.get(kind, name)
+        return cls(validate_options(cls, options or {}, section or kind))
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            impl.function(cli=cli)
+
+
+def _disabled_from_env() -> set[str]:
+    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@lru_cache(maxsize=1)
+def get_host() -> PluginHost:
+    """The process-wide host (the only global state in purer)."""
+    host = PluginHost()
+    host.load_entry_points()
+    return host
