@@ -6,6 +6,7 @@ meta-testing); ``icfil`` is the paper's Alg. 2 (see ``icfil.py``).
 
 from __future__ import annotations
 
+from purer_plugins.icfil import ICFIL
 from torch import Tensor
 
 import purer
@@ -23,3 +24,4 @@ class NoCalibration(Calibrator):
 @purer.hookimpl
 def register_calibrators(register) -> None:
     register("none", NoCalibration)
+    register("icfil", ICFIL)

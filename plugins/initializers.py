@@ -7,7 +7,7 @@ the element-wise mean of same-architecture teachers.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -73,5 +73,11 @@ class AverageInit(Initializer):
 
 @purer.hookimpl
 def register_initializers(register) -> None:
+    # Imported here: both modules import helpers from this one.
+    from purer_plugins.maml_real import MAMLRealInit
+    from purer_plugins.ota import OTAInit
+
     register("random", RandomInit)
     register("average", AverageInit)
+    register("ota", OTAInit)
+    register("maml-real", MAMLRealInit)

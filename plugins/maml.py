@@ -35,6 +35,8 @@ class MAMLOptions(Options):
     batch_stats: bool = Field(True, description="BatchNorm uses batch statistics, also at test time")
     test_batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="how test tasks are adapted together; auto: loop on CPU, vmap on GPU")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="keep the meta-model's weights channels-last (auto: on for CPU)")
 
 
 class MAML(MetaLearner):
@@ -46,6 +48,10 @@ class MAML(MetaLearner):
         if self.options.batch_stats:
             replace_all_batch_norm_modules_(model)
         self.model = model.to(device)
+        if self.options.channels_last == "on" or (self.options.channels_last == "auto" and device.type == "cpu"):
+            # Fixed once here (evaluation relies on it too), so training numerics
+            # never change mid-run and a resumed run replays the original exactly.
+            self.model.to(memory_format=torch.channels_last)
         self.model.train(self.options.batch_stats)
         self.device = device
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.options.outer_lr)

@@ -10,6 +10,8 @@ plugin's ``Options`` model, so a typo is caught before any work starts.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -219,7 +221,10 @@ def build_config(*layers: dict[str, Any], assignments: tuple[str, ...] = (),
                  host: Any = None) -> RunConfig:
     """Merge the layers, apply ``--set`` assignments and validate everything,
     plugin options included. Returns the config with every default filled in."""
-    tree: dict[str, Any] = {}
+    # Plugin sections start from their default plugin, so options given
+    # without a name (a layer or --set) belong to that plugin.
+    tree: dict[str, Any] = {section: {"name": RunConfig.model_fields[section].get_default(
+        call_default_factory=True).name} for section in PLUGIN_SECTIONS}
     for layer in layers:
         tree = merge(tree, layer)
     for text in assignments:
@@ -250,22 +255,47 @@ def plugin_options(config: RunConfig, section: str) -> dict[str, Any]:
     return getattr(config, section).options
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()
+                               if v is not None) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
 def to_toml(config: RunConfig) -> str:
-    """A small TOML writer for the resolved config (tables of scalars/lists)."""
-    data = config.model_dump(mode="json")
+    """A small TOML writer for the resolved config: sections as tables,
+    free-form dicts inside a section (e.g. ``arch_kwargs``) as inline tables."""
+    data = config.model_dump(mode="python")
     lines: list[str] = []
 
-    def emit(table: dict[str, Any], prefix: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-        if prefix and (scalars or not tables):
+    def emit(table: dict[str, Any], prefix: str, model: Any) -> None:
+        fields = getattr(type(model), "model_fields", {})
+        sub_models = {k for k in table if k in fields and isinstance(getattr(model, k, None), BaseModel)}
+        if prefix:
             lines.append(f"\n[{prefix}]")
-        for key, value in scalars.items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {json.dumps(value)}")
-        for key, value in tables.items():
-            emit(value, f"{prefix}.{key}" if prefix else key)
+        for key, value in table.items():
+            if key not in sub_models and value is not None:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        for key in sub_models:
+            emit(table[key], f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key), getattr(model, key))
 
-    emit(data, "")
+    emit(data, "", config)
     return "\n".join(lines).lstrip() + "\n"

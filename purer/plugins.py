@@ -108,11 +108,24 @@ class PluginHost:
                               f"implementation: {_first_line(exc)}") from exc
         info = PluginInfo(name, distribution, version, getattr(module, "__name__", repr(module)))
         self.plugins[name] = info
-        for kind in KINDS.values():
-            caller = getattr(self.pm.hook, kind.hook)
-            for impl in caller.get_hookimpls():
-                if impl.plugin is module:
-                    self._collect(kind, impl.function, info)
+        try:
+            for kind in KINDS.values():
+                caller = getattr(self.pm.hook, kind.hook)
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is module:
+                        self._collect(kind, impl.function, info)
+        except PluginError:
+            self.unregister_plugin(name)
+            raise
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin and everything it registered (used on failure and by tests)."""
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.plugins.pop(name, None)
+        for registry in self.registries.values():
+            for key in [k for k, e in registry.items() if e.plugin == name]:
+                del registry[key]
 
     def _collect(self, kind: Kind, function: Callable, info: PluginInfo) -> None:
         def register(name: str, obj: Any) -> None:
@@ -143,7 +156,12 @@ class PluginHost:
             raise PluginError(f"{kind.name} '{name}' is registered twice: by plugin "
                               f"'{existing.plugin}' ({existing.distribution}) and by {where}")
         if isinstance(obj, type) and issubclass(obj, Component):
-            obj.name = name
+            if obj.__dict__.get("name") and obj.__dict__["name"] != name:
+                # one class under a second name: give the alias a class of its own
+                obj = type(obj.__name__, (obj,), {"name": name, "__module__": obj.__module__,
+                                                  "__doc__": obj.__doc__})
+            else:
+                obj.name = name
         self.registries[kind.name][name] = Entry(name, obj, info.name, info.distribution)
         info.registers.setdefault(kind.name, []).append(name)
 
@@ -177,7 +195,9 @@ def _disabled_from_env() -> set[str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """pluggy's multi-line messages as one line (the fault is on a later line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(exc).__name__
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,6 @@ def register(cli: click.Group) -> None:
         PURER with Random and Average initialisation on the same test tasks.
         """
         from purer.engine.trainer import ECITrainer
-        from purer.evaluation.final import final_evaluation
 
         console = Console(stderr=True)
         if resume_dir:
@@ -34,7 +33,7 @@ def register(cli: click.Group) -> None:
             run_dir = RunDir.create(config)
         device = resolve_device(config.device)
         console.print(f"run directory: [bold]{run_dir.path}[/] (seed {config.seed}, device {device})")
-        trainer = ECITrainer(config, run_dir, device)
+        trainer = ECITrainer.from_config(config, run_dir, device)
         if resume_dir:
             trainer.resume()
             console.print(f"resumed at step {trainer.step}")
@@ -46,4 +45,6 @@ def register(cli: click.Group) -> None:
             raise SystemExit(130) from None
         console.print(f"best meta-val accuracy {best['val_accuracy']:.2f}% at step {best['step']}")
         if not no_eval:
+            from purer.evaluation.final import final_evaluation
+
             final_evaluation(run_dir, config, trainer.teachers, device)

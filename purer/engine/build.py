@@ -31,7 +31,9 @@ def zoo_path(config: RunConfig, device: torch.device) -> Path:
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     out = cache_dir() / "zoos" / f"{config.data.name}-{key}"
     if not (out / ".complete").exists():
-        build_zoo(config.zoo.build, config.data.name, config.data.options.get("root"), out, device)
+        options = {k: v for k, v in config.data.options.items() if k != "root"}
+        build_zoo(config.zoo.build, config.data.name, config.data.options.get("root"), out, device,
+                  data_options=options)
         (out / ".complete").write_text(json.dumps(recipe))
     return out
 

@@ -26,33 +26,53 @@ from purer.pictures import save_curve, save_grid
 from purer.plugins import get_host
 from purer.progress import progress
 from purer.rundir import RunDir
-from purer.types import EpisodeBatch
+from purer.interfaces import Curriculum, Inverter, MetaLearner
+from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher
+
+
+def class_keys(teachers: list[Teacher]) -> torch.Tensor:
+    """One integer per (teacher, class) entry that is equal exactly when the
+    real class is: ids are only unique inside a dataset (MH zoos mix two)."""
+    keys: dict[tuple[str, int], int] = {}
+    return torch.tensor([keys.setdefault((t.dataset, c), len(keys)) for t in teachers for c in t.class_ids])
 
 
 class ECITrainer:
     """Meta-trains a meta-model on pseudo episodes inverted from a teacher zoo."""
 
-    def __init__(self, config: RunConfig, run: RunDir, device: torch.device) -> None:
+    def __init__(self, config: RunConfig, run: RunDir | None, device: torch.device,
+                 teachers: list[Teacher], meta: MetaLearner, inverter: Inverter,
+                 curriculum: Curriculum, space: InputSpace, val_split: SplitData | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        """Wire up ready components; ``from_config`` builds them from a config."""
         self.config, self.run, self.device = config, run, device
-        host, train = get_host(), config.train
-        torch.manual_seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.teachers = load_zoo(config, device)
-        self.val_split = load_split(config.data.name, "meta_val", **config.data.options)
-        self.space = self.val_split.space
-        model = build_meta_model(config)
-        initialize(model, config.init.name, config.init.options, self.teachers)
-        self.meta = build_meta_learner(config, device, model)
-        self.inverter = host.create("inverter", config.inverter.name, config.inverter.options, "inverter")
-        self.inverter.setup(self.teachers, train.shot + train.query, device, self.generator)
-        self.curriculum = host.create("curriculum", config.curriculum.name,
-                                      config.curriculum.options, "curriculum")
-        self.owners = OwnerTable(torch.tensor([c for t in self.teachers for c in t.class_ids]))
-        self.val_tasks = make_task_list(self.val_split, train.way, train.shot, train.query,
-                                        train.val_tasks, seed=config.eval.seed + 1)
+        self.teachers, self.meta, self.inverter, self.curriculum = teachers, meta, inverter, curriculum
+        self.space, self.val_split = space, val_split
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
+        self.owners = OwnerTable(class_keys(teachers))
+        train = config.train
+        self.val_tasks = None if val_split is None else make_task_list(
+            val_split, train.way, train.shot, train.query, train.val_tasks, seed=config.eval.seed + 1)
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "val_accuracy": -1.0}
         self.val_history: list[tuple[int, float]] = []
+
+    @classmethod
+    def from_config(cls, config: RunConfig, run: RunDir, device: torch.device) -> ECITrainer:
+        host, train = get_host(), config.train
+        generator = torch.Generator().manual_seed(config.seed)
+        teachers = load_zoo(config, device)
+        val_split = load_split(config.data.name, "meta_val", **config.data.options)
+        torch.manual_seed(config.seed)  # the meta-model's init depends on the seed alone
+        model = build_meta_model(config)
+        initialize(model, config.init.name, config.init.options, teachers)
+        meta = build_meta_learner(config, device, model)
+        inverter = host.create("inverter", config.inverter.name, config.inverter.options, "inverter")
+        inverter.setup(teachers, train.shot + train.query, device, generator)
+        curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
+                                 "curriculum")
+        return cls(config, run, device, teachers, meta, inverter, curriculum, val_split.space,
+                   val_split, generator)
 
     # ------------------------------------------------------------------ Alg. 1
     def sample(self, count: int, *, detach: bool) -> EpisodeBatch:
@@ -74,8 +94,8 @@ class ECITrainer:
         outer = self.meta.meta_step(self.sample(self.config.train.episode_batch, detach=True))
         # Feedback for the curriculum.
         self.curriculum.observe(step, outer.accuracy)
-        return {"step": step, "outer_loss": outer.loss, "train_accuracy": outer.accuracy,
-                "switch": bool(scale), **{f"inv_{k}": v for k, v in inversion.items()}}
+        return {"step": step, **{f"inv_{k}": v for k, v in inversion.items()},
+                "outer_loss": outer.loss, "train_accuracy": outer.accuracy, "switch": bool(scale)}
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
@@ -128,17 +148,17 @@ class ECITrainer:
         from purer.evaluation.evaluator import evaluate
 
         result = evaluate(self.meta, self.val_tasks, self.val_split, self.device,
-                          batch_tasks=self.config.eval.batch_tasks, show_progress=False)
-        self.val_history.append((step, result.mean))
-        if result.mean > self.best["val_accuracy"]:
-            self.best = {"step": step, "val_accuracy": result.mean}
+                          batch_tasks=self.config.eval.batch_tasks, description="meta-val")
+        self.val_history.append((step, result.accuracy))
+        if result.accuracy > self.best["val_accuracy"]:
+            self.best = {"step": step, "val_accuracy": result.accuracy}
             ckpt.save_state(self.run.checkpoints, f"best-{step}", {"model": self.meta.model.state_dict()},
                             pointer="best", info=self.best)
             ckpt.prune(self.run.checkpoints, {f"best-{step}"}, "best")
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",
                    title="meta-val accuracy", ylabel="acc %")
-        return result.mean
+        return result.accuracy
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:

@@ -1,0 +1,140 @@
+"""Teachers from a zoo, checked, frozen and resident on the device.
+
+Loading verifies every teacher before any work starts: the weights file's
+sha256, that it parses as safetensors, that the architecture exists, and that
+the tensors match the architecture key for key and shape for shape (the head's
+width against the manifest's class count). A fault is one line naming the
+teacher and its file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from purer.errors import PluginError, ZooError
+from purer.models import create_model, head_parameter_names, is_known
+from purer.types import Teacher, find_bn_layers
+from purer.zoo.manifest import Manifest, TeacherEntry, file_sha256, load_manifest, manifest_path
+
+log = logging.getLogger("purer.zoo")
+
+__all__ = ["load_manifest", "load_teachers", "read_weights", "build_model", "check_state",
+           "load_teacher_model"]
+
+
+def zoo_dir(zoo: str | Path) -> Path:
+    return manifest_path(zoo).parent
+
+
+def read_weights(zoo: str | Path, entry: TeacherEntry) -> dict[str, Tensor]:
+    """The teacher's tensors on the CPU, after the sha256 check (no pickle involved)."""
+    path = zoo_dir(zoo) / entry.file
+    if not path.is_file():
+        raise ZooError(f"{entry.where()}: weights file not found at {path}")
+    if entry.sha256 is not None:
+        actual = file_sha256(path)
+        if actual != entry.sha256:
+            raise ZooError(f"{entry.where()}: sha256 mismatch (file changed or corrupt): "
+                           f"zoo.json says {entry.sha256[:12]}..., file is {actual[:12]}...")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ZooError(f"{entry.where()}: not a readable safetensors file "
+                       f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def build_model(entry: TeacherEntry) -> nn.Module:
+    """A fresh, randomly initialised model of the entry's architecture."""
+    if not is_known(entry.arch):
+        raise ZooError(f"{entry.where()}: unknown architecture '{entry.arch}' "
+                       "(not a timm model and no purer plugin registers it)")
+    try:
+        return create_model(entry.arch, num_classes=entry.num_classes, **entry.arch_kwargs)
+    except PluginError as exc:
+        raise ZooError(f"{entry.where()}: {exc}") from None
+    except Exception as exc:  # bad arch_kwargs surface as TypeError/ValueError from timm
+        raise ZooError(f"{entry.where()}: cannot build '{entry.arch}' with arch_kwargs "
+                       f"{entry.arch_kwargs}: {type(exc).__name__}: {exc}") from None
+
+
+def check_state(entry: TeacherEntry, model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Raise a one-line ZooError unless ``state`` fits ``model`` exactly."""
+    expected = model.state_dict()
+    arch = f"'{entry.arch}'" + (f" {entry.arch_kwargs}" if entry.arch_kwargs else "")
+    heads = head_parameter_names(model)
+    for key in sorted(heads):
+        if key in state and key in expected and state[key].shape[:1] != expected[key].shape[:1]:
+            raise ZooError(f"{entry.where()}: zoo.json says {entry.num_classes} classes but the "
+                           f"head '{key}' in the weights has {state[key].shape[0]} outputs")
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. '{missing[0]}')")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. '{extra[0]}')")
+        raise ZooError(f"{entry.where()}: weights do not match architecture {arch}: "
+                       f"{', '.join(parts)} keys")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ZooError(f"{entry.where()}: '{key}' has shape {tuple(state[key].shape)} in the "
+                           f"weights but {tuple(value.shape)} in {arch}")
+        if state[key].dtype.is_floating_point != value.dtype.is_floating_point:
+            raise ZooError(f"{entry.where()}: '{key}' has dtype {state[key].dtype}, "
+                           f"expected {value.dtype}")
+
+
+def load_teacher_model(zoo: str | Path, entry: TeacherEntry) -> nn.Module:
+    """Build, check and load one teacher (CPU, training mode untouched)."""
+    state = read_weights(zoo, entry)
+    model = build_model(entry)
+    check_state(entry, model, state)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_teachers(zoo_path: str | Path, device: torch.device | str = "cpu",
+                  channels_last: bool = False) -> list[Teacher]:
+    """Every teacher of the zoo, frozen, in eval mode, moved to ``device`` once.
+
+    Args:
+        zoo_path: the zoo folder (or its zoo.json).
+        device: where the teachers live for the whole run.
+        channels_last: store conv weights NHWC (faster convolutions on CPU/GPU).
+
+    Teachers without BatchNorm layers are named in one log line, so the BN
+    statistics term can skip them knowingly (``Teacher.has_bn``).
+    """
+    manifest: Manifest = load_manifest(zoo_path)
+    if not manifest.teachers:
+        raise ZooError(f"{zoo_dir(zoo_path)}: the zoo has no teachers")
+    teachers: list[Teacher] = []
+    for entry in manifest.teachers:
+        model = load_teacher_model(zoo_path, entry)
+        model.requires_grad_(False).eval()
+        model = model.to(device, memory_format=torch.channels_last) if channels_last \
+            else model.to(device)
+        teachers.append(Teacher(name=entry.name, model=model, class_ids=list(entry.class_ids),
+                                class_names=list(entry.class_names), space=entry.space,
+                                arch=entry.arch, dataset=entry.dataset,
+                                bn_layers=find_bn_layers(model)))
+    without_bn = [t.name for t in teachers if not t.has_bn]
+    if without_bn:
+        _note(f"{len(without_bn)} teacher(s) without BatchNorm, the BN-statistics term skips "
+              f"them: {', '.join(without_bn)}")
+    return teachers
+
+
+def _note(message: str) -> None:
+    """One line on the rich console (stderr) and in the log."""
+    from purer.progress import console
+
+    log.info(message)
+    console.print(f"[yellow]note:[/yellow] {message}", highlight=False)

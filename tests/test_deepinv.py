@@ -1,0 +1,153 @@
+"""The DeepInversion inverter: Eq. 2-4 terms, memory updates, reversed outer loss."""
+
+import pytest
+import torch
+from torch import nn
+
+from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
+from purer.losses import bn_statistics, l2_prior, total_variation
+from purer.types import InputSpace, Teacher, find_bn_layers
+from purer_plugins.deepinv import DeepInversion, DeepInvOptions
+from purer_plugins.maml import MAML
+
+SPACE = InputSpace(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def tiny_net(classes: int, bn: bool = True) -> nn.Module:
+    layers = [nn.Conv2d(3, 6, 3, padding=1)]
+    if bn:
+        layers.append(nn.BatchNorm2d(6))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, classes)]
+    return nn.Sequential(*layers)
+
+
+def make_teacher(seed: int, class_ids, bn: bool = True, space: InputSpace = SPACE) -> Teacher:
+    torch.manual_seed(seed)
+    model = tiny_net(len(class_ids), bn)
+    if bn:  # non-trivial running statistics, as after training
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval().requires_grad_(False)
+    return Teacher(f"t{seed}", model, list(class_ids), [str(c) for c in class_ids], space,
+                   arch="tiny", bn_layers=find_bn_layers(model))
+
+
+def make_inverter(teachers, per_class=4, seed=0, **options) -> DeepInversion:
+    inverter = DeepInversion(DeepInvOptions(**options))
+    inverter.setup(teachers, per_class, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    return inverter
+
+
+def test_inversion_loss_decreases():
+    inverter = make_inverter([make_teacher(0, [0, 1, 2]), make_teacher(1, [3, 4, 5])])
+    first = inverter.step()["total"]
+    for _ in range(40):
+        last = inverter.step()["total"]
+    assert last < 0.7 * first
+
+
+def test_each_teacher_counted_once():
+    a, b = make_teacher(0, [0, 1]), make_teacher(1, [2, 3])
+    both = make_inverter([a, b], jitter=0)
+    only_a = make_inverter([a], jitter=0)
+    only_b = make_inverter([b], jitter=0)
+    with torch.no_grad():
+        only_a.memory[0].copy_(both.memory[0])
+        only_b.memory[0].copy_(both.memory[1])
+    total = both.inversion_loss()[0]
+    assert torch.allclose(total, only_a.inversion_loss()[0] + only_b.inversion_loss()[0])
+
+
+def test_terms_match_the_equations():
+    teacher = make_teacher(0, [0, 1])
+    inverter = make_inverter([teacher], jitter=0, terms={"ce": 1.0, "tv": 1e-4, "l2": 1e-5, "bn": 0.01})
+    x = inverter.memory[0].detach()
+    feats = teacher.model[0](x)
+    var, mean = torch.var_mean(feats, dim=(0, 2, 3), correction=0)
+    bn = bn_statistics([(mean, var, teacher.model[1].running_mean, teacher.model[1].running_var)])
+    ce = nn.functional.cross_entropy(teacher.model(x), torch.arange(2).repeat_interleave(4))
+    expected = ce + 1e-4 * total_variation(x) + 1e-5 * l2_prior(x) + 0.01 * bn
+    total, parts = inverter.inversion_loss()
+    assert torch.allclose(total, expected, atol=1e-5)
+    assert torch.allclose(parts["bn"], bn, atol=1e-5)
+
+
+def test_total_variation_sums_four_directions():
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 1.0
+    # the centre pixel differs from 2 horizontal, 2 vertical and 2+2 diagonal neighbours
+    assert torch.isclose(total_variation(x), torch.tensor(4 * 2 ** 0.5))
+
+
+def test_teacher_without_bn_has_no_bn_term():
+    inverter = make_inverter([make_teacher(0, [0, 1], bn=False)])
+    assert inverter.step()["bn"] == 0.0
+
+
+def test_memory_of_other_spaces_is_mapped_differentiably():
+    other = InputSpace(12, (0.4, 0.4, 0.4), (0.3, 0.3, 0.3))
+    inverter = make_inverter([make_teacher(0, [0, 1]), make_teacher(1, [2, 3], space=other)])
+    bank = inverter.bank(SPACE, detach=False)
+    assert bank.images.shape == (4, 4, 3, 8, 8)
+    bank.images.sum().backward()
+    assert inverter.memory[1].grad is not None and inverter.memory[1].grad.abs().sum() > 0
+
+
+def reversed_loss_grads(first_order: bool):
+    torch.manual_seed(0)
+    inverter = make_inverter([make_teacher(0, [0, 1, 2]), make_teacher(1, [3, 4, 5])], per_class=3)
+    learner = MAML(MAML.Options(first_order=first_order))
+    learner.setup(tiny_net(3), torch.device("cpu"))
+    bank = inverter.bank(SPACE, detach=False)
+    episode = sample_pseudo_episodes(bank, OwnerTable(bank.class_ids), 3, 1, 2, 1,
+                                     torch.Generator().manual_seed(0))
+    support_query = torch.autograd.grad(learner.outer_loss(episode, create_graph=True)[0],
+                                        [episode.support, episode.query], allow_unused=True)
+    return inverter, learner, support_query
+
+
+def test_reversed_outer_loss_changes_the_memory_gradient():
+    inverter, learner, _ = reversed_loss_grads(first_order=False)
+    plain = torch.autograd.grad(inverter.inversion_loss()[0], inverter.memory)
+    bank = inverter.bank(SPACE, detach=False)
+    episode = sample_pseudo_episodes(bank, OwnerTable(bank.class_ids), 3, 1, 2, 1,
+                                     torch.Generator().manual_seed(0))
+    reversed_loss = -10.0 * learner.outer_loss(episode, create_graph=True)[0]
+    mixed = torch.autograd.grad(inverter.inversion_loss()[0] + reversed_loss, inverter.memory)
+    assert any(not torch.allclose(p, m) for p, m in zip(plain, mixed))
+    # the meta-model's parameters are not touched by the inversion step
+    assert all(p.grad is None for p in learner.model.parameters())
+
+
+def test_support_images_get_gradient_only_through_the_second_order_step():
+    _, _, (support_2nd, query_2nd) = reversed_loss_grads(first_order=False)
+    _, _, (support_1st, query_1st) = reversed_loss_grads(first_order=True)
+    assert query_2nd.abs().sum() > 0 and support_2nd.abs().sum() > 0
+    assert support_1st is None or support_1st.abs().sum() == 0
+
+
+def test_inline_term_plugin_replaces_a_builtin(register_plugin):
+    import purer
+    from purer.interfaces import InversionTerm
+
+    class Brightness(InversionTerm):
+        def __call__(self, ctx):
+            return ctx.images.mean() ** 2
+
+    class Plugin:
+        @purer.hookimpl
+        def register_inversion_terms(self, register):
+            register("brightness", Brightness)
+
+    register_plugin(Plugin(), name="brightness-plugin")
+    inverter = make_inverter([make_teacher(0, [0, 1])], terms={"ce": 1.0, "brightness": 1.0})
+    values = inverter.step()
+    assert set(values) == {"ce", "brightness", "total"}
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_bf16_teacher_passes_stay_close_to_fp32(precision):
+    teachers = [make_teacher(0, [0, 1])]
+    a = make_inverter(teachers, jitter=0)
+    b = make_inverter(teachers, jitter=0, precision=precision)
+    assert torch.allclose(a.inversion_loss()[0], b.inversion_loss()[0], rtol=5e-2)
