@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from purer.data.readers import (
     check_split,
@@ -66,7 +67,8 @@ class CifarFS(DatasetReader):
     """CIFAR-FS from npz files, the CIFAR-100 python pickles or PNG folders."""
 
     class Options(DatasetOptions):
-        layout: Layout = "auto"
+        layout: Layout = Field("auto", description="file form; auto: npz, then "
+                               "cifar-100-python pickles, then class folders")
 
     def load(self, split: str) -> SplitData:
         check_split(split, "cifar-fs")

@@ -71,11 +71,12 @@ class MiniImageNet(DatasetReader):
     """MiniImageNet from JPEG-bytes npz, Ravi CSVs or image folders."""
 
     class Options(DatasetOptions):
-        layout: Layout = "auto"
+        layout: Layout = Field("auto", description="file form; auto: npz, then Ravi "
+                               "CSVs with images/, then class folders")
         size: int = Field(84, ge=8, le=512, description="side of the resized square images")
         cache_dir: str | None = Field(None, description="decoded-image cache (default "
                                       "$PURER_CACHE_DIR or ~/.cache/purer)")
-        disk_cache: bool = True
+        disk_cache: bool = Field(True, description="keep decoded images as .npy in cache_dir")
 
     def load(self, split: str) -> SplitData:
         check_split(split, "mini-imagenet")

@@ -70,7 +70,8 @@ class SyntheticShapes(DatasetReader):
     class Options(DatasetOptions):
         classes: int = Field(100, ge=15, le=len(SHAPES) * len(TEXTURES) * len(FOREGROUND)
                              * len(BACKGROUND), description="classes in all splits")
-        images_per_class: int = Field(600, ge=1, le=10_000)
+        images_per_class: int = Field(600, ge=1, le=10_000, description="images drawn per "
+                                      "class (fewer: faster, e.g. for tests)")
 
     def load(self, split: str) -> SplitData:
         check_split(split, "synthetic-shapes")

@@ -585,6 +585,7 @@ def test_real_cifar_fs_counts():
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # decodes 12,000 JPEGs into a fresh cache
 @needs_mini
 def test_real_mini_imagenet_test_split():
     data = mini(SHARED / "mini-imagenet").load("meta_test")

@@ -152,7 +152,7 @@ def _to_channels_last(batch: EpisodeBatch) -> EpisodeBatch:
 
 def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
              device: torch.device | str, calibrator: Calibrator | None = None,
-             batch_tasks: int = 50, *, mode: Mode = "auto", channels_last: bool | None = None,
+             batch_tasks: int = 50, *, mode: Mode = "auto", channels_last: bool = False,
              precision: Precision = "fp32", description: str = "meta-test") -> EvalResult:
     """Adapt to every task of ``tasks`` and score its queries.
 
@@ -165,8 +165,10 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
         batch_tasks: tasks built (and, on the batched path, adapted) at once.
         mode: ``auto`` picks the batched path when there is no calibrator;
             ``per_task`` forces one ``adapt`` per task (same numbers, slower).
-        channels_last: NHWC images and weights (faster convolutions on CPUs);
-            default: on for CPU. It changes no result beyond float rounding.
+        channels_last: NHWC images and weights. It changes no result beyond
+            float rounding; on this project's 2-core CPUs it was no faster for
+            Conv4 (benchmarks/bench_eval.py), so it is off by default. It
+            converts ``learner.model`` in place.
         precision: ``bf16`` runs adaptation and prediction under bfloat16
             autocast (weights stay fp32): about twice as fast on CPUs with
             AMX/AVX512-BF16, at the cost of bf16 rounding in every result.
@@ -174,8 +176,6 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
         description: label of the progress bar.
     """
     device = torch.device(device)
-    if channels_last is None:
-        channels_last = device.type == "cpu"
     if channels_last:
         learner.model.to(memory_format=torch.channels_last)
     accuracies: list[Tensor] = []
