@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 
@@ -91,10 +92,12 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             fired += record["switch"]
     median = statistics.median(times)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "device": str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "steps": len(times), "switch_fired": fired,
-              "median_s": median, "min_s": min(times), "hours_60k": median * 60000 / 3600}
+              "median_s": median, "min_s": min(times), "hours_60k": median * 60000 / 3600,
+              "peak_rss_mb": peak_rss_mb}
     print(json.dumps(result))
     if args.json:
         with open(args.json, "a") as fh:

@@ -15,6 +15,7 @@ import importlib.metadata as md
 import os
 
 import pytest
+import torch
 
 from purer.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, get_host
 
@@ -35,6 +36,10 @@ def third_party_distributions() -> set[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The suite's models are tiny: intra-op threads only add overhead, and on a
+    # busy machine OpenMP threads waiting on each other make them many times
+    # slower. One thread also keeps every in-process result bit-for-bit stable.
+    torch.set_num_threads(1)
     config.addinivalue_line(
         "markers", "installed_plugins: load third-party purer plugins installed in the "
         "environment (the suite disables them otherwise)")

@@ -1,0 +1,92 @@
+"""One table of purer's speed on this machine: ECI outer steps and evaluation.
+
+Runs ``bench_step.py`` for the paper's CIFAR-FS configurations (SS Conv4
+teachers 1-shot and 5-shot, fp32 and bf16 teacher passes; SH teachers mixing
+conv4 / cifar_resnet10 / cifar_resnet18) and ``bench_eval.py`` (600 5-way
+1-shot tasks, with ICFIL per task), each in a fresh process, and prints one
+table with the machine's description. Each number is the median of repeated
+measurements inside its benchmark.
+
+    python benchmarks/speed.py                 # everything (tens of minutes on 2 CPU cores)
+    python benchmarks/speed.py --quick         # fewer steps, SS fp32 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_json(args: list[str]) -> list[dict]:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as fh:
+        out = fh.name
+    subprocess.run([sys.executable, *args, "--json", out], check=True)
+    text = Path(out).read_text().strip()
+    Path(out).unlink(missing_ok=True)
+    rows = []
+    for line in text.splitlines():
+        rows.extend(v if isinstance(v, list) else [v] for v in [json.loads(line)])
+    return [r for chunk in rows for r in chunk]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None, help="write all numbers as JSON here")
+    args = parser.parse_args()
+    steps = str(20 if args.quick else args.steps)
+    configs = [["--shot", "1"]] if args.quick else [
+        ["--shot", "1"], ["--shot", "5"], ["--shot", "1", "--precision", "bf16"],
+        ["--shot", "5", "--precision", "bf16"],
+        ["--shot", "1", "--arch", "conv4", "--arch", "cifar_resnet10", "--arch", "cifar_resnet18"],
+    ]
+    step_rows = []
+    for config in configs:
+        step_rows += run_json([str(HERE / "bench_step.py"), *config, "--steps", steps, "--device", args.device])
+    table = Table(title=f"purer speed: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for col in ("what", "setting", "median", "projection / note"):
+        table.add_column(col)
+    for r in step_rows:
+        setting = f"{'+'.join(r['archs'])} {r['shot']}-shot {r['precision']} ({r['device']})"
+        table.add_row("ECI outer step", setting, f"{r['median_s']:.3f} s",
+                      f"{r['hours_60k']:.1f} h for 60k steps; peak RSS {r.get('peak_rss_mb', 0):.0f} MB")
+    eval_rows = []
+    if not args.quick:
+        eval_rows = run_json([str(HERE / "bench_eval.py"), "--datasets", "synthetic-shapes,cifar-fs",
+                              "--repeats", "3", "--variants", "loop:1,vmap:1,loop:1:bf16"])
+        for r in eval_rows:
+            if "median_s" in r:
+                table.add_row("600-task eval", f"{r.get('dataset', '')} {r.get('batching', '')} "
+                              f"{r.get('precision', '')}", f"{r['median_s']:.2f} s", "")
+            elif "seconds_per_task" in r:
+                table.add_row("ICFIL", r.get("dataset", ""), f"{r['seconds_per_task']:.2f} s/task", "")
+    Console().print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"cpu": cpu_name(), "steps": step_rows, "eval": eval_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
