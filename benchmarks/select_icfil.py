@@ -5,7 +5,9 @@ one seeded meta-val task list, with the val-selected checkpoint of a run
 (``--run``) or, when no trained run exists, a meta-model initialised by an
 initialiser plugin (``--init maml-real``: MAML briefly trained on real
 meta-train images). Each stage keeps the best value found so far and varies
-one knob; the result is a table of accuracy ± ci95 and seconds per task.
+one knob; the result is a table of accuracy ± ci95, seconds per task, and
+the paired difference (same tasks) to the head-only row ± its ci95, which is
+far tighter than the rows' own intervals.
 
 Usage::
 
@@ -24,7 +26,7 @@ import torch
 
 from purer.data import load_split
 from purer.data.episodes import make_task_list
-from purer.evaluation.evaluator import evaluate
+from purer.evaluation.evaluator import ci95, evaluate
 from purer.plugins import get_host
 
 STAGES: list[tuple[str, list[Any]]] = [
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="task-list seed (meta-val)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--json", default="icfil_selection.json")
+    parser.add_argument("--stages", help="JSON list of [knob, [values]] replacing the default search")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,13 +79,19 @@ def main() -> None:
                            dataset=data, split_name="meta_val")
     host = get_host()
     rows: list[dict[str, Any]] = []
+    reference: list[float] = []
 
     def score(label: str, options: dict[str, Any] | None) -> float:
         calibrator = None if options is None else host.create("calibrator", "icfil", options)
         result = evaluate(learner, tasks, split, "cpu", calibrator, batch_tasks=25,
                           description=label)
+        if options is not None and not reference:
+            reference.extend(result.accuracies)  # paired differences are against this row
+        delta = [a - b for a, b in zip(result.accuracies, reference)] if reference else []
         row = {"label": label, "options": options, "accuracy": round(result.accuracy, 2),
-               "ci95": round(result.ci95, 2), "seconds_per_task": round(result.seconds_per_task, 3)}
+               "ci95": round(result.ci95, 2), "seconds_per_task": round(result.seconds_per_task, 3),
+               "paired_delta": round(sum(delta) / len(delta), 2) if delta else None,
+               "paired_ci95": round(ci95(delta), 2) if delta else None}
         rows.append(row)
         print(json.dumps(row), flush=True)
         return result.accuracy
@@ -90,7 +99,7 @@ def main() -> None:
     score("no calibration", None)
     score("head only (calib_steps=0, synthesis_steps=0)", {"calib_steps": 0, "synthesis_steps": 0})
     best: dict[str, Any] = {}
-    for knob, values in STAGES:
+    for knob, values in (json.loads(args.stages) if args.stages else STAGES):
         results = {}
         for value in values:
             options = {**best, knob: value}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,12 +102,13 @@ def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, tiny_zoo):
     config = write_config(tmp_path, tiny_zoo, **{"train.steps": 24, "train.checkpoint_every": 4,
                                                  "train.val_every": 6})
     # every phase in a process of its own, as a user would run them
+    # (one intra-op thread: tiny models, and no slowdown when the machine is busy)
     purer = [sys.executable, "-m", "purer.cli.main", "run", "--no-eval"]
-    subprocess.run([*purer, "--config", str(config), "--name", "whole"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
+    subprocess.run([*purer, "--config", str(config), "--name", "whole"], check=True, **quiet)
     killed = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen([*purer, "--config", str(config), "--name", "killed"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*purer, "--config", str(config), "--name", "killed"], **quiet)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         path = killed / "metrics.jsonl"
@@ -117,8 +119,7 @@ def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, tiny_zoo):
     assert proc.wait() == -signal.SIGKILL
     saved = json.loads((killed / "checkpoints" / "last.json").read_text())["step"]
     assert 4 <= saved < 24
-    subprocess.run([*purer, "--resume", str(killed)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([*purer, "--resume", str(killed)], check=True, **quiet)
     assert metrics(killed) == metrics(tmp_path / "runs" / "whole")
 
 
