@@ -13,8 +13,8 @@ plugin can add a prior or replace one by name (``terms`` option).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -58,17 +58,22 @@ class AverageInit(Initializer):
     """
 
     def initialize(self, model: nn.Module, teachers: Sequence[Teacher]) -> None:
-        states = same_architecture_states(model, teachers, "average")
-        merged, head = model.state_dict(), head_keys(model)
-        with torch.no_grad():
-            for key, value in merged.items():
-                found = [s[key] for s in states if key in s and s[key].shape == value.shape]
-                if not found and key not in head:
-                    raise ValueError(f"init.average: no teacher has '{key}' with the meta-model's "
-                                     f"shape {tuple(value.shape)} (different architecture options?)")
-                if found and value.is_floating_point():
-                    merged[key] = torch.stack([f.to(value.device, value.dtype) for f in found]).mean(0)
-        model.load_state_dict(merged)
+        load_mean(model, same_architecture_states(model, teachers, "average"), "average")
+
+
+def load_mean(model: nn.Module, states: Sequence[dict[str, torch.Tensor]], method: str) -> None:
+    """Element-wise mean of ``states`` into ``model``; heads of another class
+    count are left out, and the head keeps its init when none fits."""
+    merged, head = model.state_dict(), head_keys(model)
+    with torch.no_grad():
+        for key, value in merged.items():
+            found = [s[key] for s in states if key in s and s[key].shape == value.shape]
+            if not found and key not in head:
+                raise ValueError(f"init.{method}: no teacher has '{key}' with the meta-model's "
+                                 f"shape {tuple(value.shape)} (different architecture options?)")
+            if found and value.is_floating_point():
+                merged[key] = torch.stack([f.to(value.device, value.dtype) for f in found]).mean(0)
+    model.load_state_dict(merged)
 
 
 @purer.hookimpl

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 import torch.nn.functional as F
-from purer_plugins.initializers import head_keys, same_architecture_states
+from purer_plugins.initializers import head_keys, load_mean, same_architecture_states
 from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -309,14 +309,5 @@ def _verify(teacher: Teacher, aligned: dict[str, Tensor]) -> None:
 
 
 def _load_mean(model: nn.Module, states: list[dict[str, Tensor]]) -> None:
-    """Element-wise mean into ``model``; heads of another class count are left out
-    (as in ``average``), and the head is kept as initialised when none fits."""
-    merged, head = model.state_dict(), head_keys(model)
-    for key, value in merged.items():
-        found = [s[key] for s in states if key in s and s[key].shape == value.shape]
-        if not found and key not in head:
-            raise ValueError(f"init.ota: no teacher has '{key}' with the meta-model's shape "
-                             f"{tuple(value.shape)} (different architecture options?)")
-        if found and value.is_floating_point():
-            merged[key] = torch.stack([f.to(value.dtype) for f in found]).mean(0).to(value.device)
-    model.load_state_dict(merged)
+    """Element-wise mean of the aligned teachers, exactly as ``average`` takes it."""
+    load_mean(model, states, "ota")

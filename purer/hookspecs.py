@@ -23,7 +23,8 @@ plus ``[project.entry-points.purer] never = "my_module"`` in its pyproject.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -21,8 +21,9 @@ One outer step of ECI (Alg. 1) through these interfaces::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -39,7 +40,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Component(ABC):
+class Component(ABC):  # noqa: B024 (stateless components need no abstract method)
     """Common shape of a registered component: a name and typed options."""
 
     name: ClassVar[str] = ""

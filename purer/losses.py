@@ -7,7 +7,7 @@ in method.md are tuned for that.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -5,8 +5,8 @@ Pillow only, so headless machines need nothing more.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw

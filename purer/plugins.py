@@ -15,17 +15,26 @@ from __future__ import annotations
 import importlib.metadata as md
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
 from purer import hookspecs
 from purer.errors import PluginError
-from purer.interfaces import (Calibrator, Component, Curriculum, DatasetReader, Initializer,
-                              Inverter, InversionTerm, MetaLearner)
+from purer.interfaces import (
+    Calibrator,
+    Component,
+    Curriculum,
+    DatasetReader,
+    Initializer,
+    InversionTerm,
+    Inverter,
+    MetaLearner,
+)
 
 ENTRY_POINT_GROUP = "purer"
 DISABLE_ENV = "PURER_DISABLE_PLUGINS"

@@ -7,8 +7,8 @@ between two input spaces (resize + renormalise), which SH/MH zoos need.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

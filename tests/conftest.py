@@ -19,7 +19,7 @@ import torch
 
 from purer.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, get_host
 
-pytest_plugins = ["purer.pytest_plugin", "pytester"]
+pytest_plugins = ["purer.pytest_plugin", "purer.testing", "pytester"]
 
 BUILTIN_DISTRIBUTION = "purer"
 _USER_DISABLED = os.environ.get(DISABLE_ENV)

@@ -21,14 +21,6 @@ from purer.types import Teacher
 SPACE = synthetic_split(num_classes=1, per_class=1).space
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_of(arch: str, seed: int, num_classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=num_classes, **TINY_ARCH_KWARGS[arch])

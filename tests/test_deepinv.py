@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from purer_plugins.deepinv import DeepInversion, DeepInvOptions
+from purer_plugins.maml import MAML
 from torch import nn
 
 from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
 from purer.losses import bn_statistics, l2_prior, total_variation
 from purer.types import InputSpace, Teacher, find_bn_layers
-from purer_plugins.deepinv import DeepInversion, DeepInvOptions
-from purer_plugins.maml import MAML
 
 SPACE = InputSpace(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

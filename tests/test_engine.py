@@ -17,7 +17,6 @@ import purer
 from purer.cli.main import main
 from purer.engine.checkpoint import load_meta_learner, load_state
 from purer.interfaces import InversionTerm
-from purer.testing import tiny_zoo  # noqa: F401  (fixture)
 
 TINY = {
     "seed": 3,

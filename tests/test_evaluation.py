@@ -32,14 +32,6 @@ from purer.types import Teacher
 TINY = {"width": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def split():
     return synthetic_split(num_classes=10, per_class=20, seed=5)

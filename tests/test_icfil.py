@@ -15,15 +15,6 @@ from purer.plugins import get_host
 from purer.testing import synthetic_split
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads and suffer on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def split():
     return synthetic_split(num_classes=8, per_class=24, seed=3)

@@ -22,11 +22,11 @@ from purer.engine import checkpoint as ckpt
 from purer.engine.build import build_meta_learner, build_meta_model, initialize, load_zoo
 from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
 from purer.errors import DivergenceError
+from purer.interfaces import Curriculum, Inverter, MetaLearner
 from purer.pictures import save_curve, save_grid
 from purer.plugins import get_host
 from purer.progress import progress
 from purer.rundir import RunDir
-from purer.interfaces import Curriculum, Inverter, MetaLearner
 from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher
 
 
