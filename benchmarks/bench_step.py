@@ -9,6 +9,7 @@ for 60,000 steps.
 
     python benchmarks/bench_step.py --shot 1
     python benchmarks/bench_step.py --shot 5 --precision bf16
+    python benchmarks/bench_step.py --shot 1 --compile       # after a one-off compile
     python benchmarks/bench_step.py --arch conv4 --arch cifar_resnet10 --arch cifar_resnet18   # SH
 """
 
@@ -46,7 +47,8 @@ def random_teachers(archs: list[str], device: torch.device, classes: int = 64, w
 def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     torch.manual_seed(0)
     config = RunConfig(device=str(device), train={"shot": args.shot, "query": 15},
-                       inverter={"name": "deepinv", "precision": args.precision},
+                       inverter={"name": "deepinv", "precision": args.precision,
+                                 "compile": args.compile},
                        curriculum={"name": "gradient-switch", "start": 0})
     host = get_host()
     if args.zoo:
@@ -54,7 +56,8 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
         teachers = load_teachers(args.zoo, device)
     else:
         teachers = random_teachers(args.arch, device)
-    meta = host.create("meta_learner", "maml", {"first_order": args.first_order})
+    meta = host.create("meta_learner", "maml", {"first_order": args.first_order,
+                                                 "native_batch_norm": args.native_batch_norm})
     meta.setup(create_model("conv4", num_classes=5), device)
     inverter = host.create("inverter", "deepinv", config.inverter.options)
     generator = torch.Generator().manual_seed(0)
@@ -73,6 +76,9 @@ def main() -> None:
     parser.add_argument("--arch", action="append", default=None)
     parser.add_argument("--zoo", default=None)
     parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each teacher's loss")
+    parser.add_argument("--native-batch-norm", action="store_true",
+                        help="MAML with PyTorch's BatchNorm double backward (the slower reference)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
@@ -93,7 +99,8 @@ def main() -> None:
             fired += record["switch"]
     median = statistics.median(times)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "device": str(device),
+    result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "compile": args.compile,
+              "native_batch_norm": args.native_batch_norm, "device": str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "steps": len(times), "switch_fired": fired,
               "median_s": median, "min_s": min(times), "hours_60k": median * 60000 / 3600,

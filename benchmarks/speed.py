@@ -1,11 +1,14 @@
 """One table of purer's speed on this machine: ECI outer steps and evaluation.
 
 Runs ``bench_step.py`` for the paper's CIFAR-FS configurations (SS Conv4
-teachers 1-shot and 5-shot, fp32 and bf16 teacher passes; SH teachers mixing
-conv4 / cifar_resnet10 / cifar_resnet18) and ``bench_eval.py`` (600 5-way
-1-shot tasks, with ICFIL per task), each in a fresh process, and prints one
-table with the machine's description. Each number is the median of repeated
-measurements inside its benchmark.
+teachers 1-shot and 5-shot: fp32, fp32 with PyTorch's own BatchNorm double
+backward beside purer's, fp32 with ``inverter.compile``, bf16 teacher passes
+compiled; SH teachers mixing conv4 / cifar_resnet10 / cifar_resnet18) and
+``bench_eval.py`` (600 5-way 1-shot tasks, with ICFIL per task), each in a
+fresh process, and prints one table with the machine's description and each
+run's peak memory. Each number is the median of repeated measurements inside
+its benchmark. Run it on an idle machine: with two threads, any other load
+makes small CPU kernels wait on each other.
 
     python benchmarks/speed.py                 # everything (tens of minutes on 2 CPU cores)
     python benchmarks/speed.py --quick         # fewer steps, SS fp32 only
@@ -59,8 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     steps = str(20 if args.quick else args.steps)
     configs = [["--shot", "1"]] if args.quick else [
-        ["--shot", "1"], ["--shot", "5"], ["--shot", "1", "--precision", "bf16"],
-        ["--shot", "5", "--precision", "bf16"],
+        ["--shot", "1"], ["--shot", "1", "--native-batch-norm"], ["--shot", "1", "--compile"],
+        ["--shot", "1", "--precision", "bf16", "--compile"],
+        ["--shot", "5"], ["--shot", "5", "--native-batch-norm"], ["--shot", "5", "--compile"],
+        ["--shot", "5", "--precision", "bf16", "--compile"],
         ["--shot", "1", "--arch", "conv4", "--arch", "cifar_resnet10", "--arch", "cifar_resnet18"],
     ]
     step_rows = []
@@ -70,13 +75,14 @@ def main() -> None:
     for col in ("what", "setting", "median", "projection / note"):
         table.add_column(col)
     for r in step_rows:
-        setting = f"{'+'.join(r['archs'])} {r['shot']}-shot {r['precision']} ({r['device']})"
+        extras = "".join(f" +{k}" for k in ("compile", "native_batch_norm") if r.get(k))
+        setting = f"{'+'.join(r['archs'])} {r['shot']}-shot {r['precision']}{extras} ({r['device']})"
         table.add_row("ECI outer step", setting, f"{r['median_s']:.3f} s",
                       f"{r['hours_60k']:.1f} h for 60k steps; peak RSS {r.get('peak_rss_mb', 0):.0f} MB")
     eval_rows = []
     if not args.quick:
         eval_rows = run_json([str(HERE / "bench_eval.py"), "--datasets", "synthetic-shapes,cifar-fs",
-                              "--repeats", "3", "--variants", "loop:1,vmap:1,loop:1:bf16"])
+                              "--repeats", "3", "--variants", "loop:1,loop:1:bf16"])  # vmap: GPU only
         for r in eval_rows:
             if "median_s" in r:
                 table.add_row("600-task eval", f"{r.get('dataset', '')} {r.get('batching', '')} "

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 import purer
+from purer.batch_norm import use_batch_stats_norm
 from purer.interfaces import MetaLearner, Options, Params
 from purer.types import EpisodeBatch, OuterMetrics
 
@@ -35,6 +36,8 @@ class MAMLOptions(Options):
     batch_stats: bool = Field(True, description="BatchNorm uses batch statistics, also at test time")
     test_batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="how test tasks are adapted together; auto: loop on CPU, vmap on GPU")
+    native_batch_norm: bool = Field(False, description="differentiate BatchNorm twice with PyTorch's own "
+                                                       "double backward (slower on CPU; for comparison)")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="keep the meta-model's weights channels-last (auto: on for CPU)")
 
@@ -47,6 +50,8 @@ class MAML(MetaLearner):
     def setup(self, model: nn.Module, device: torch.device) -> None:
         if self.options.batch_stats:
             replace_all_batch_norm_modules_(model)
+            if not self.options.native_batch_norm:
+                use_batch_stats_norm(model)
         self.model = model.to(device)
         if self.options.channels_last == "on" or (self.options.channels_last == "auto" and device.type == "cpu"):
             # Fixed once here (evaluation relies on it too), so training numerics

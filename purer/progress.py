@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True)
 
@@ -41,7 +42,8 @@ class _PlainProgress:
         now = time.monotonic()
         if done or now - self.last >= self.every_s:
             self.last = now
-            extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "description")
+            extra = " ".join(f"{k}={Text.from_markup(str(v)).plain}" for k, v in fields.items()
+                             if k != "description")
             print(f"{task['description']}: {task['completed']:.0f}/{task['total'] or '?'} {extra}",
                   file=sys.stderr, flush=True)
 

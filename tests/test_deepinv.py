@@ -7,7 +7,7 @@ from purer_plugins.maml import MAML
 from torch import nn
 
 from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
-from purer.losses import bn_statistics, l2_prior, total_variation
+from purer.losses import batch_moments, bn_statistics, l2_prior, total_variation
 from purer.types import InputSpace, Teacher, find_bn_layers
 
 SPACE = InputSpace(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -70,6 +70,70 @@ def test_terms_match_the_equations():
     total, parts = inverter.inversion_loss()
     assert torch.allclose(total, expected, atol=1e-5)
     assert torch.allclose(parts["bn"], bn, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_moments_match_var_mean_with_gradients(shape, channels_last):
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, dtype=torch.double) * 2 + 3)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    dims = [d for d in range(x.dim()) if d != 1]
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    got_mean, got_var = batch_moments(x)
+    assert torch.allclose(got_mean, mean) and torch.allclose(got_var, var)
+    weights = torch.randn(2, x.shape[1], dtype=torch.double)
+    expected = torch.autograd.grad((weights[0] * mean).sum() + (weights[1] * var).sum(), x)[0]
+    got = torch.autograd.grad((weights[0] * got_mean).sum() + (weights[1] * got_var).sum(), x)[0]
+    assert torch.allclose(got, expected)
+    assert torch.autograd.gradcheck(lambda t: batch_moments(t), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: batch_moments(t), (x,))
+
+
+def test_jitter_is_a_circular_shift_of_the_memory():
+    inverter = make_inverter([make_teacher(0, [0, 1])], jitter=2)
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 8, 8)
+    for dy, dx in [(2, -1), (-2, 0), (0, 1)]:
+        rows = (torch.arange(8) - dy) % 8
+        cols = (torch.arange(8) - dx) % 8
+        assert torch.equal(images.index_select(2, rows).index_select(3, cols),
+                           torch.roll(images, shifts=(dy, dx), dims=(2, 3)))
+    shifted = inverter._jitter_indices()[0]
+    assert sorted(shifted[0].tolist()) == list(range(8))  # a permutation of the rows
+
+
+@pytest.mark.slow
+def test_compiled_loss_matches_eager():
+    """``compile = true`` changes the speed, not the loss or its gradient."""
+    teachers = [make_teacher(0, [0, 1]), make_teacher(1, [2, 3])]
+    eager = make_inverter(teachers, jitter=0)
+    compiled = make_inverter(teachers, jitter=0, compile=True)
+    for _ in range(2):  # the second call runs the cached compiled code
+        loss_e, parts_e = eager.inversion_loss()
+        loss_c, parts_c = compiled.inversion_loss()
+        assert torch.allclose(loss_e, loss_c, rtol=1e-4)
+        assert all(torch.allclose(parts_e[k], parts_c[k], rtol=1e-4) for k in parts_e)
+        grad_e = torch.autograd.grad(loss_e, eager.memory)
+        grad_c = torch.autograd.grad(loss_c, compiled.memory)
+        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(grad_e, grad_c))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    teachers = [make_teacher(0, [0, 1])]
+    eager = make_inverter(teachers, jitter=0)
+    inverter = make_inverter(teachers, jitter=0, compile=True)
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(inverter, "_compiled", broken)
+    with pytest.warns(UserWarning, match="inverter.compile: torch.compile failed .*no C\\+\\+ compiler found"):
+        loss, _ = inverter.inversion_loss()
+    assert torch.allclose(loss, eager.inversion_loss()[0])
+    assert inverter._compiled is None  # later steps go straight to the eager loss
 
 
 def test_total_variation_sums_four_directions():
