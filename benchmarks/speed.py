@@ -42,15 +42,25 @@ def cpu_name() -> str:
 
 
 def run_json(args: list[str]) -> list[dict]:
-    with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as fh:
+    """Run a benchmark with ``--json FILE`` and return its rows.
+
+    bench_step appends one JSON object per line; bench_eval writes one
+    document ``{"results": [...]}``: both are accepted.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     subprocess.run([sys.executable, *args, "--json", out], check=True)
     text = Path(out).read_text().strip()
     Path(out).unlink(missing_ok=True)
-    rows = []
-    for line in text.splitlines():
-        rows.extend(v if isinstance(v, list) else [v] for v in [json.loads(line)])
-    return [r for chunk in rows for r in chunk]
+    try:
+        documents = [json.loads(text)]
+    except json.JSONDecodeError:
+        documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows: list[dict] = []
+    for doc in documents:
+        rows += doc["results"] if isinstance(doc, dict) and "results" in doc else (
+            doc if isinstance(doc, list) else [doc])
+    return rows
 
 
 def main() -> None:
