@@ -151,8 +151,7 @@ def run(cmd: list[str], threads: int) -> dict:
 
 
 def methods_in(run_dir: Path) -> set[str]:
-    path = run_dir / "results.json"
-    return {r["method"] for r in json.loads(path.read_text())["rows"]} if path.exists() else set()
+    return {r["method"] for r in read_results(run_dir)["rows"]}
 
 
 def read_results(run_dir: Path) -> dict:

@@ -278,7 +278,7 @@ class OTAInit(Initializer):
             if self.options.verify and state is not anchor:
                 _verify(teacher, fused)
             aligned.append(fused)
-        _load_mean(model, aligned)
+        load_mean(model, aligned, "ota")  # the element-wise mean, exactly as `average` takes it
 
 
 def _check_shapes(model: nn.Module, states: list[dict[str, Tensor]]) -> None:
@@ -306,8 +306,3 @@ def _verify(teacher: Teacher, aligned: dict[str, Tensor]) -> None:
     if not torch.allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, float(a.abs().max()))):
         raise OTAError(f"init.ota: aligning teacher {teacher.name} ({teacher.arch}) changed its "
                        "outputs: the architecture has channel couplings the walk does not see")
-
-
-def _load_mean(model: nn.Module, states: list[dict[str, Tensor]]) -> None:
-    """Element-wise mean of the aligned teachers, exactly as ``average`` takes it."""
-    load_mean(model, states, "ota")

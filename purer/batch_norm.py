@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from purer.losses import batch_moments
+from purer.losses import batch_moments, per_channel
 
 
 class _BatchStatsNorm(torch.autograd.Function):
@@ -41,13 +41,13 @@ class _BatchStatsNorm(torch.autograd.Function):
         mean, var = batch_moments(x)
         invstd = torch.rsqrt(var + ctx.eps)
         dims = [d for d in range(x.dim()) if d != 1]
-        shape = (1, -1) + (1,) * (x.dim() - 2)
         count = x.numel() // x.shape[1]
-        x_hat = (x - mean.view(shape)) * invstd.view(shape)
+        x_hat = (x - per_channel(mean, x.dim())) * per_channel(invstd, x.dim())
         grad_bias = grad_out.sum(dim=dims)
         grad_weight = (grad_out * x_hat).sum(dim=dims)
-        grad_x = (weight * invstd).view(shape) * (
-            grad_out - (grad_bias / count).view(shape) - x_hat * (grad_weight / count).view(shape))
+        grad_x = per_channel(weight * invstd, x.dim()) * (
+            grad_out - per_channel(grad_bias / count, x.dim())
+            - x_hat * per_channel(grad_weight / count, x.dim()))
         return grad_x, grad_weight, grad_bias, None
 
 

@@ -45,7 +45,7 @@ class _BatchMoments(torch.autograd.Function):
         dims = [d for d in range(x.dim()) if d != 1]
         count = x.numel() // x.shape[1]
         mean = x.sum(dim=dims) / count
-        centred = x - _per_channel(mean, x.dim())
+        centred = x - per_channel(mean, x.dim())
         var = (centred * centred).sum(dim=dims) / count
         ctx.save_for_backward(x, mean)
         ctx.count = count
@@ -56,10 +56,11 @@ class _BatchMoments(torch.autograd.Function):
         x, mean = ctx.saved_tensors
         scale = (2.0 / ctx.count) * grad_var
         offset = grad_mean / ctx.count - scale * mean
-        return torch.addcmul(_per_channel(offset, x.dim()), x, _per_channel(scale, x.dim()))
+        return torch.addcmul(per_channel(offset, x.dim()), x, per_channel(scale, x.dim()))
 
 
-def _per_channel(v: Tensor, ndim: int) -> Tensor:
+def per_channel(v: Tensor, ndim: int) -> Tensor:
+    """View a per-channel vector ``[C]`` so it broadcasts over ``[N, C, ...]`` of ``ndim`` dims."""
     return v.view(1, -1, *([1] * (ndim - 2)))
 
 
