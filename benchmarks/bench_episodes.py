@@ -20,6 +20,7 @@ import torch
 from purer_plugins.cifar_fs import CifarFS
 
 from purer.data.episodes import make_task_list
+from purer.runtime import tune_allocator
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-fs"
 
@@ -55,6 +56,7 @@ def main() -> None:
                         help="tasks per materialised chunk; comma-separated to compare")
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
+    tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
 
     start = time.perf_counter()
     split = CifarFS(CifarFS.Options(root=args.root, layout="npz")).load(args.split)

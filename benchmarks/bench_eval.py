@@ -33,6 +33,7 @@ from purer.data.episodes import make_task_list
 from purer.evaluation.evaluator import evaluate
 from purer.models import create_model
 from purer.plugins import get_host
+from purer.runtime import tune_allocator
 
 
 def learner(batching: str):
@@ -80,6 +81,7 @@ def main() -> None:
                         help="batching:channels_last[:bf16] triples")
     parser.add_argument("--json", help="write the numbers here too")
     args = parser.parse_args()
+    tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
     if args.threads:
         torch.set_num_threads(args.threads)
     report = {"threads": torch.get_num_threads(), "torch": torch.__version__, "results": []}

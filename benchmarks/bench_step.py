@@ -28,6 +28,7 @@ from purer.config import RunConfig
 from purer.engine.trainer import ECITrainer
 from purer.models import create_model
 from purer.plugins import get_host
+from purer.runtime import tune_allocator
 from purer.types import InputSpace, Teacher, find_bn_layers
 
 CIFAR = InputSpace(32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
+    tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
     args.arch = args.arch or ["conv4"]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

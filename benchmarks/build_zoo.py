@@ -24,6 +24,7 @@ from rich.table import Table
 
 from purer.config import ZooBuildOptions
 from purer.rundir import resolve_device
+from purer.runtime import tune_allocator
 from purer.zoo import build_zoo
 
 FULL_EPOCHS = 60
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
+    tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -28,6 +28,7 @@ from purer.data import load_split
 from purer.data.episodes import make_task_list
 from purer.evaluation.evaluator import ci95, evaluate
 from purer.plugins import get_host
+from purer.runtime import tune_allocator
 
 STAGES: list[tuple[str, list[Any]]] = [
     ("calib_lr", [1e-4, 1e-3, 1e-2]),
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--json", default="icfil_selection.json")
     parser.add_argument("--stages", help="JSON list of [knob, [values]] replacing the default search")
     args = parser.parse_args()
+    tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
     if args.threads:
         torch.set_num_threads(args.threads)
     learner, data, root, what = meta_learner(args)

@@ -14,7 +14,7 @@ plugin can add a prior or replace one by name (``terms`` option).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -24,7 +24,8 @@ from torch import Tensor
 
 import purer
 from purer.interfaces import InversionContext, InversionTerm, Inverter, Options
-from purer.losses import batch_moments, bn_statistics, l2_prior, total_variation
+from purer.losses import bn_statistics, l2_prior, total_variation
+from purer.teacher_view import teacher_view
 from purer.types import ClassBank, InputSpace, Teacher
 
 DEFAULT_TERMS = {"ce": 1.0, "tv": 1e-4, "l2": 1e-5, "bn": 0.01}
@@ -82,6 +83,9 @@ class DeepInvOptions(Options):
     precision: str = Field("fp32", pattern="^(fp32|bf16)$",
                            description="teacher passes in fp32 or under bf16 autocast")
     channels_last: bool = Field(True, description="run teacher convolutions in channels-last layout")
+    fold_batch_norm: bool = Field(True, description="fold each teacher's eval-mode BN into its conv and "
+                                                     "ReLU after max-pool (same function, faster); "
+                                                     "teachers that cannot be traced keep hooks")
     compile: bool = Field(False, description="torch.compile each teacher's loss: a one-off cost of about "
                                              "a minute per architecture on CPU, then faster steps")
 
@@ -118,29 +122,27 @@ class DeepInversion(Inverter):
                         for t in self.teachers]
         self.class_ids = torch.tensor([c for t in self.teachers for c in t.class_ids], device=device)
         self.optimizer = torch.optim.Adam(self.memory, lr=self.options.lr, betas=self.options.betas)
-        self._stats: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self._compiled = torch.compile(self._teacher_loss) if self.options.compile else None
         self._compiled_once = False
         for t in self.teachers:
             if self.options.channels_last:
                 t.model.to(memory_format=torch.channels_last)
-            for layer in t.bn_layers:
-                layer.register_forward_pre_hook(self._record_bn)
-
-    def _record_bn(self, module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        mean, var = batch_moments(inputs[0].float())
-        self._stats.append((mean, var, module.running_mean, module.running_var))
+        check = torch.Generator().manual_seed(0)  # not the run's generator: setup draws nothing from it
+        self.views = [teacher_view(t.model, t.bn_layers, fold=self.options.fold_batch_norm,
+                                   example=torch.randn(2, 3, t.space.size, t.space.size, generator=check)
+                                   .to(device))
+                      for t in self.teachers]
 
     # ------------------------------------------------------------ one step (Eq. 2 + Eq. 6)
     def inversion_loss(self) -> tuple[Tensor, dict[str, Tensor]]:
         """Sum over teachers (each counted once) of the weighted terms."""
-        total = torch.zeros((), device=self.device)
-        parts = torch.zeros(len(self.terms), device=self.device)
+        losses, parts = zip(*self._teacher_losses())
+        return sum(losses), dict(zip(self.terms, sum(parts).unbind()))
+
+    def _teacher_losses(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Each teacher's weighted loss and detached term values, one at a time."""
         for k, (rows, cols) in enumerate(self._jitter_indices()):
-            loss, values = self._loss_of(self.teachers[k], self.memory[k], rows, cols, self.targets[k])
-            total = total + loss
-            parts = parts + values
-        return total, dict(zip(self.terms, parts.unbind()))
+            yield self._loss_of(self.teachers[k], self.views[k], self.memory[k], rows, cols, self.targets[k])
 
     def _loss_of(self, *args) -> tuple[Tensor, Tensor]:
         """The compiled loss when ``compile`` is on; eager if compiling is impossible here."""
@@ -157,8 +159,8 @@ class DeepInversion(Inverter):
                 self._compiled = None
         return self._teacher_loss(*args)
 
-    def _teacher_loss(self, teacher: Teacher, images: Tensor, rows: Tensor, cols: Tensor,
-                      targets: Tensor) -> tuple[Tensor, Tensor]:
+    def _teacher_loss(self, teacher: Teacher, view: torch.nn.Module, images: Tensor, rows: Tensor,
+                      cols: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """One teacher's weighted loss and its detached per-term values.
 
         Jitter is a circular shift done by index tensors (the same result as
@@ -167,27 +169,38 @@ class DeepInversion(Inverter):
         inputs = images.index_select(2, rows).index_select(3, cols)
         if self.options.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        stats: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        self._stats = stats
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                     if self.options.precision == "bf16" else nullcontext())
         with autocast:
-            logits = teacher.model(inputs)
-        self._stats = []
+            logits, stats = view(inputs)
         ctx = InversionContext(teacher, images, inputs, logits, targets, stats)
         values = [term(ctx) for term, _ in self.terms.values()]
         loss = sum(weight * value for (_, weight), value in zip(self.terms.values(), values))
         return loss, torch.stack(values).detach()
 
     def step(self, extra_loss: Tensor | None = None) -> dict[str, float]:
-        total, parts = self.inversion_loss()
-        objective = total if extra_loss is None else total + extra_loss
-        grads = torch.autograd.grad(objective, self.memory)
+        """One Adam step of the memory on the summed loss (plus ``extra_loss``).
+
+        Each teacher is differentiated right after its forward pass instead of
+        once for the sum: the same gradient (the sum's gradient is the sum of
+        gradients), but only one teacher's activations are alive at a time,
+        which keeps them in cache (about 10 % of a step on a 2-core CPU).
+        """
+        grads = [torch.zeros_like(m) for m in self.memory]
+        total = torch.zeros((), device=self.device)
+        parts = torch.zeros(len(self.terms), device=self.device)
+        for k, (loss, values) in enumerate(self._teacher_losses()):
+            grads[k] += torch.autograd.grad(loss, self.memory[k])[0]
+            total, parts = total + loss.detach(), parts + values
+        if extra_loss is not None:
+            for g, extra in zip(grads, torch.autograd.grad(extra_loss, self.memory, allow_unused=True)):
+                if extra is not None:
+                    g += extra
         for param, g in zip(self.memory, grads):
             param.grad = g
         self.optimizer.step()
-        logged = {name: float(v) for name, v in parts.items()}
-        logged["total"] = float(total.detach())
+        logged = {name: float(v) for name, v in zip(self.terms, parts.unbind())}
+        logged["total"] = float(total)
         if extra_loss is not None:
             logged["reversed"] = float(extra_loss.detach())
         return logged

@@ -215,3 +215,30 @@ def test_bf16_teacher_passes_stay_close_to_fp32(precision):
     a = make_inverter(teachers, jitter=0)
     b = make_inverter(teachers, jitter=0, precision=precision)
     assert torch.allclose(a.inversion_loss()[0], b.inversion_loss()[0], rtol=5e-2)
+
+
+def test_folded_teachers_give_the_hooked_loss_and_gradient():
+    """``fold_batch_norm`` changes the speed, not the loss or its gradient."""
+    from purer.teacher_view import FoldedTeacher, HookedTeacher
+
+    teachers = [make_teacher(0, [0, 1]), make_teacher(1, [2, 3])]
+    folded = make_inverter(teachers, jitter=0)
+    hooked = make_inverter(teachers, jitter=0, fold_batch_norm=False)
+    assert all(isinstance(v, FoldedTeacher) for v in folded.views)
+    assert all(isinstance(v, HookedTeacher) for v in hooked.views)
+    loss_f, parts_f = folded.inversion_loss()
+    loss_h, parts_h = hooked.inversion_loss()
+    assert torch.allclose(loss_f, loss_h, rtol=1e-5)
+    assert all(torch.allclose(parts_f[k], parts_h[k], rtol=1e-5, atol=1e-7) for k in parts_f)
+    grad_f = torch.autograd.grad(loss_f, folded.memory)
+    grad_h = torch.autograd.grad(loss_h, hooked.memory)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grad_f, grad_h))
+
+
+def test_step_gradient_is_the_gradient_of_the_summed_loss():
+    """The step differentiates teacher by teacher; that must equal one backward of the sum."""
+    teachers = [make_teacher(0, [0, 1]), make_teacher(1, [2, 3])]
+    inverter = make_inverter(teachers, jitter=0)
+    expected = torch.autograd.grad(inverter.inversion_loss()[0], inverter.memory)
+    inverter.step()  # leaves the gradient it stepped with in .grad
+    assert all(torch.allclose(m.grad, g, rtol=1e-5, atol=1e-8) for m, g in zip(inverter.memory, expected))

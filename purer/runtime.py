@@ -1,0 +1,48 @@
+"""Process-wide tuning for CPU speed: glibc's allocator.
+
+Why: a training step or a meta-test allocates and frees feature maps of a few
+MiB to tens of MiB thousands of times. glibc serves blocks that large with
+``mmap`` and returns them on ``free``, so every new map is page-faulted in
+again (about 2.5 us per 4 KiB page in this project's VMs): measured on a
+2-core CPU, a 600-task CIFAR-FS evaluation spent 4.7 of its 12 s in the
+kernel, and an ECI inversion step ran 30 % slower. Keeping freed memory in the
+process removes that; peak memory is unchanged (it is what the process held
+anyway), only its return to the OS is deferred.
+
+The ``purer`` command and the benchmarks call :func:`tune_allocator` once at
+start; code that uses purer as a library may call it too. Set
+``PURER_MALLOC_TUNING=0`` to leave the allocator alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# mallopt parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 << 20  # glibc's maximum: blocks up to 32 MiB come from the heap
+TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed heap instead of returning it
+TOP_PAD = 64 << 20  # grow the heap in 64 MiB steps
+
+
+def tune_allocator() -> bool:
+    """Keep freed blocks in the process (glibc only); True when applied.
+
+    A no-op elsewhere (macOS, musl) and when ``PURER_MALLOC_TUNING=0``.
+    Safe to call more than once.
+    """
+    if os.environ.get("PURER_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (e.g. musl)
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
