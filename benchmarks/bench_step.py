@@ -49,7 +49,7 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     torch.manual_seed(0)
     config = RunConfig(device=str(device), train={"shot": args.shot, "query": 15},
                        inverter={"name": "deepinv", "precision": args.precision,
-                                 "compile": args.compile},
+                                 "compile": args.compile, "fold_batch_norm": not args.no_fold},
                        curriculum={"name": "gradient-switch", "start": 0})
     host = get_host()
     if args.zoo:
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--zoo", default=None)
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each teacher's loss")
+    parser.add_argument("--no-fold", action="store_true",
+                        help="teachers' BN read by hooks instead of folded into their convs (the slower reference)")
     parser.add_argument("--native-batch-norm", action="store_true",
                         help="MAML with PyTorch's BatchNorm double backward (the slower reference)")
     parser.add_argument("--device", default="auto")
@@ -102,7 +104,8 @@ def main() -> None:
     median = statistics.median(times)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "compile": args.compile,
-              "native_batch_norm": args.native_batch_norm, "device": str(device),
+              "native_batch_norm": args.native_batch_norm, "fold_batch_norm": not args.no_fold,
+              "device": str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "steps": len(times), "switch_fired": fired,
               "median_s": median, "min_s": min(times), "hours_60k": median * 60000 / 3600,

@@ -141,8 +141,8 @@ class DeepInversion(Inverter):
 
     def _teacher_losses(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Each teacher's weighted loss and detached term values, one at a time."""
-        for k, (rows, cols) in enumerate(self._jitter_indices()):
-            yield self._loss_of(self.teachers[k], self.views[k], self.memory[k], rows, cols, self.targets[k])
+        for k, pixels in enumerate(self._jitter_indices()):
+            yield self._loss_of(self.teachers[k], self.views[k], self.memory[k], pixels, self.targets[k])
 
     def _loss_of(self, *args) -> tuple[Tensor, Tensor]:
         """The compiled loss when ``compile`` is on; eager if compiling is impossible here."""
@@ -159,14 +159,14 @@ class DeepInversion(Inverter):
                 self._compiled = None
         return self._teacher_loss(*args)
 
-    def _teacher_loss(self, teacher: Teacher, view: torch.nn.Module, images: Tensor, rows: Tensor,
-                      cols: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def _teacher_loss(self, teacher: Teacher, view: torch.nn.Module, images: Tensor, pixels: Tensor,
+                      targets: Tensor) -> tuple[Tensor, Tensor]:
         """One teacher's weighted loss and its detached per-term values.
 
         Jitter is a circular shift done by index tensors (the same result as
         ``torch.roll``) so that a compiled version never sees new constants.
         """
-        inputs = images.index_select(2, rows).index_select(3, cols)
+        inputs = images.flatten(2).index_select(2, pixels).view(images.shape)
         if self.options.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -205,16 +205,19 @@ class DeepInversion(Inverter):
             logged["reversed"] = float(extra_loss.detach())
         return logged
 
-    def _jitter_indices(self) -> list[tuple[Tensor, Tensor]]:
-        """Per teacher, the row and column orders of a random circular shift."""
+    def _jitter_indices(self) -> list[Tensor]:
+        """Per teacher, the pixel order of a random circular shift, as indices
+        into the flattened ``H * W`` image (one gather instead of a row and a
+        column one: half the cost, same result)."""
         j = self.options.jitter
         draws = (torch.randint(-j, j + 1, (len(self.teachers), 2), generator=self.generator)
                  if j else torch.zeros(len(self.teachers), 2, dtype=torch.long))
         out = []
         for teacher, (dy, dx) in zip(self.teachers, draws):
-            size = torch.arange(teacher.space.size)
-            out.append((((size - dy) % teacher.space.size).to(self.device),
-                        ((size - dx) % teacher.space.size).to(self.device)))
+            size = teacher.space.size
+            line = torch.arange(size)
+            rows, cols = (line - dy) % size, (line - dx) % size
+            out.append((rows.view(-1, 1) * size + cols.view(1, -1)).reshape(-1).to(self.device))
         return out
 
     # ------------------------------------------------------------ episodes and pictures
