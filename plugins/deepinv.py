@@ -128,9 +128,10 @@ class DeepInversion(Inverter):
             if self.options.channels_last:
                 t.model.to(memory_format=torch.channels_last)
         check = torch.Generator().manual_seed(0)  # not the run's generator: setup draws nothing from it
+        shared: dict[str, tuple] = {}
         self.views = [teacher_view(t.model, t.bn_layers, fold=self.options.fold_batch_norm,
                                    example=torch.randn(2, 3, t.space.size, t.space.size, generator=check)
-                                   .to(device))
+                                   .to(device), shared=shared)
                       for t in self.teachers]
 
     # ------------------------------------------------------------ one step (Eq. 2 + Eq. 6)

@@ -22,10 +22,12 @@ falls back to hooks otherwise, so any timm model still works.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.func import functional_call
 
 from purer.losses import batch_moments
 
@@ -55,8 +57,12 @@ class HookedTeacher(nn.Module):
         super().__init__()
         self.model = model
         self.sink = _Sink()
-        for layer in bn_layers:
-            layer.register_forward_pre_hook(self._record)
+        self.handles = [layer.register_forward_pre_hook(self._record) for layer in bn_layers]
+
+    def remove(self) -> None:
+        """Take the hooks off the teacher's layers."""
+        for handle in self.handles:
+            handle.remove()
 
     def _record(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         if self.sink.stats is not None:
@@ -84,11 +90,11 @@ class _Tap(nn.Module):
         self.register_buffer("running_var", bn.running_var.detach().clone())
 
     def forward(self, y: Tensor) -> Tensor:
-        mean, var = _moments(y)
-        if self.folded:
-            mean = (mean - self.shift) / self.scale
-            var = var / (self.scale * self.scale)
         if self.sink.stats is not None:
+            mean, var = _moments(y)
+            if self.folded:
+                mean = (mean - self.shift) / self.scale
+                var = var / (self.scale * self.scale)
             self.sink.stats.append((mean, var, self.running_mean, self.running_var))
         if self.folded:
             return y
@@ -97,18 +103,27 @@ class _Tap(nn.Module):
 
 
 class FoldedTeacher(nn.Module):
-    """A traced teacher with its eval-mode BNs folded into their convolutions."""
+    """A traced teacher with its eval-mode BNs folded into their convolutions.
 
-    def __init__(self, graph_module: fx.GraphModule, sink: _Sink) -> None:
+    Teachers of one architecture share one traced module (``graph_module``)
+    and each brings its own tensors (``state``), run with
+    ``torch.func.functional_call``: a compiled inversion loss then sees the same
+    code for all of them and compiles once, instead of once per teacher
+    (torch.compile stops recompiling after 8 and falls back to eager).
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, sink: _Sink, state: dict[str, Tensor]) -> None:
         super().__init__()
         self.graph_module = graph_module
         self.sink = sink
+        self.state = state
 
     def forward(self, x: Tensor) -> tuple[Tensor, Stats]:
-        return _run_recording(self.graph_module, self.sink, x)
+        return _run_recording(lambda inputs: functional_call(self.graph_module, self.state, (inputs,)),
+                              self.sink, x)
 
 
-def _run_recording(model: nn.Module, sink: _Sink, x: Tensor) -> tuple[Tensor, Stats]:
+def _run_recording(model: Callable[[Tensor], Tensor], sink: _Sink, x: Tensor) -> tuple[Tensor, Stats]:
     stats: Stats = []
     sink.stats = stats
     try:
@@ -119,21 +134,30 @@ def _run_recording(model: nn.Module, sink: _Sink, x: Tensor) -> tuple[Tensor, St
 
 
 def teacher_view(model: nn.Module, bn_layers: list[nn.Module], fold: bool = True,
-                 example: Tensor | None = None) -> nn.Module:
+                 example: Tensor | None = None, shared: dict[str, tuple] | None = None) -> nn.Module:
     """The fastest exact view of ``model`` for inversion (see the module doc).
 
     With ``example`` (a small input batch), a folded view is checked against
     the hooked one before it is used: same logits and moments, and a backward
     pass that runs (an in-place op on a folded output would break it).
+    Views built with the same ``shared`` dict reuse one traced module per
+    architecture (see :class:`FoldedTeacher`).
     """
+    folded = fold_teacher(model, bn_layers, shared) if fold and bn_layers else None
+    if folded is not None and (example is None or _agrees(folded, model, bn_layers, example)):
+        return folded
+    return HookedTeacher(model, bn_layers)
+
+
+def _agrees(folded: FoldedTeacher, model: nn.Module, bn_layers: list[nn.Module], example: Tensor) -> bool:
     hooked = HookedTeacher(model, bn_layers)
-    folded = fold_teacher(model, bn_layers) if fold and bn_layers else None
-    if folded is None or (example is not None and not _agrees(folded, hooked, example)):
-        return hooked
-    return folded
+    try:
+        return _same_outputs(folded, hooked, example)
+    finally:
+        hooked.remove()
 
 
-def _agrees(folded: FoldedTeacher, hooked: HookedTeacher, example: Tensor) -> bool:
+def _same_outputs(folded: FoldedTeacher, hooked: HookedTeacher, example: Tensor) -> bool:
     x = example.detach().clone().requires_grad_()
     try:
         logits, stats = folded(x)
@@ -148,7 +172,8 @@ def _agrees(folded: FoldedTeacher, hooked: HookedTeacher, example: Tensor) -> bo
         torch.allclose(a.detach().float(), b.float(), rtol=1e-3, atol=1e-4) for a, b in pairs)
 
 
-def fold_teacher(model: nn.Module, bn_layers: list[nn.Module]) -> FoldedTeacher | None:
+def fold_teacher(model: nn.Module, bn_layers: list[nn.Module],
+                 shared: dict[str, tuple] | None = None) -> FoldedTeacher | None:
     """Trace and rewrite ``model``; ``None`` when it cannot be done exactly.
 
     Every layer of ``bn_layers`` must appear in the trace as a plain
@@ -187,7 +212,13 @@ def fold_teacher(model: nn.Module, bn_layers: list[nn.Module]) -> FoldedTeacher 
     graph.lint()
     traced.recompile()
     traced.requires_grad_(False)
-    return FoldedTeacher(traced, sink)
+    state = {**dict(traced.named_parameters()), **dict(traced.named_buffers())}
+    if shared is None:
+        return FoldedTeacher(traced, sink, state)
+    # Same code, same modules (shapes, options, which taps folded): one template.
+    taps = [m.folded for m in traced.modules() if isinstance(m, _Tap)]
+    template, template_sink = shared.setdefault(f"{traced!r}{taps}", (traced, sink))
+    return FoldedTeacher(template, template_sink, state)
 
 
 def _affine_of(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
