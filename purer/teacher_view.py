@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.func import functional_call
 
-from purer.losses import batch_moments
+from purer.losses import batch_moments, per_channel
 
 Stats = list[tuple[Tensor, Tensor, Tensor, Tensor]]  # (mean, var, running_mean, running_var) per BN
 
@@ -98,8 +98,8 @@ class _Tap(nn.Module):
             self.sink.stats.append((mean, var, self.running_mean, self.running_var))
         if self.folded:
             return y
-        return torch.addcmul(self.shift.view(1, -1, 1, 1).to(y.dtype), y,
-                             self.scale.view(1, -1, 1, 1).to(y.dtype))
+        return torch.addcmul(per_channel(self.shift, y.dim()).to(y.dtype), y,
+                             per_channel(self.scale, y.dim()).to(y.dtype))
 
 
 class FoldedTeacher(nn.Module):
@@ -262,19 +262,18 @@ def _out_of_place(traced: fx.GraphModule) -> None:
     would corrupt the saved tensor. Modules are copied, not edited: they are
     shared with the original teacher.
     """
+    modules = dict(traced.named_modules())
     for node in traced.graph.nodes:
+        if not _in_place(node, modules):
+            continue
         if node.op == "call_module":
-            module = traced.get_submodule(node.target)
-            if getattr(module, "inplace", False) is True:
-                replacement = copy.copy(module)
-                replacement.inplace = False
-                _set_module(traced, node.target, replacement)
-        elif node.op == "call_function" and node.kwargs.get("inplace", False):
+            replacement = copy.copy(modules[node.target])
+            replacement.inplace = False
+            _set_module(traced, node.target, replacement)
+        elif node.kwargs.get("inplace", False):
             node.kwargs = {**node.kwargs, "inplace": False}
-        elif node.op == "call_function" and node.target is torch.relu_:
-            node.target = torch.relu
-        elif node.op == "call_method" and node.target == "relu_":
-            node.target = "relu"
+        else:  # torch.relu_ / Tensor.relu_
+            node.target = torch.relu if node.op == "call_function" else "relu"
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -287,7 +286,9 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return bool(getattr(modules.get(node.target), "inplace", False))
+        return getattr(modules.get(node.target), "inplace", False) is True
+    if node.op not in ("call_function", "call_method"):
+        return False
     return node.target in (torch.relu_, "relu_") or bool(node.kwargs.get("inplace", False))
 
 

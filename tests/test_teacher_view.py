@@ -87,21 +87,21 @@ def test_bn_not_after_a_conv_and_tiny_scales_keep_their_affine():
     assert_same(folded, HookedTeacher(model, bn), torch.randn(5, 3, 8, 8, dtype=torch.float64))
 
 
-class Untraceable(nn.Module):
+class ConvBN(nn.Module):
+    """Conv + BN; subclasses decide what happens to the BN output."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
 
+
+class Untraceable(ConvBN):
     def forward(self, x: Tensor) -> Tensor:
         y = self.bn(self.conv(x))
         return y.mean((2, 3)) if y.sum() > 0 else -y.mean((2, 3))  # data-dependent branch
 
 
-class InPlaceAfterBN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-
+class InPlaceAfterBN(ConvBN):
     def forward(self, x: Tensor) -> Tensor:
         y = self.bn(self.conv(x))
         y.mul_(2.0)  # fine on BN's output, fatal on a folded conv's output kept for the moments
