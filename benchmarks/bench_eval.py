@@ -33,22 +33,22 @@ from purer.data.episodes import make_task_list
 from purer.evaluation.evaluator import evaluate
 from purer.models import create_model
 from purer.plugins import get_host
-from purer.runtime import tune_allocator
+from purer.runtime import strict_fp32, tune_allocator
 
 
-def learner(batching: str):
+def learner(batching: str, device: str = "cpu"):
     torch.manual_seed(0)
     meta = get_host().create("meta_learner", "maml", {"test_batching": batching})
-    meta.setup(create_model("conv4", num_classes=5), torch.device("cpu"))
+    meta.setup(create_model("conv4", num_classes=5), torch.device(device))
     return meta
 
 
 def time_plain(split, tasks, batching: str, channels_last: bool, repeats: int,
-               batch_tasks: int, precision: str = "fp32") -> dict:
-    meta = learner(batching)
+               batch_tasks: int, precision: str = "fp32", device: str = "cpu") -> dict:
+    meta = learner(batching, device)
     times, acc = [], None
     for _ in range(repeats):
-        result = evaluate(meta, tasks, split, "cpu", batch_tasks=batch_tasks,
+        result = evaluate(meta, tasks, split, device, batch_tasks=batch_tasks,
                           channels_last=channels_last, precision=precision,
                           description=f"{batching}")
         times.append(result.seconds)
@@ -58,10 +58,10 @@ def time_plain(split, tasks, batching: str, channels_last: bool, repeats: int,
             "runs_s": [round(t, 3) for t in times], "accuracy": round(acc, 3)}
 
 
-def time_icfil(split, count: int, batching: str, batch_tasks: int) -> dict:
+def time_icfil(split, count: int, batching: str, batch_tasks: int, device: str = "cpu") -> dict:
     tasks = make_task_list(split, 5, 1, 15, count, seed=2023)
     icfil = get_host().create("calibrator", "icfil", {"batching": batching})
-    result = evaluate(learner("loop"), tasks, split, "cpu", calibrator=icfil,
+    result = evaluate(learner("loop", device), tasks, split, device, calibrator=icfil,
                       batch_tasks=batch_tasks, description=f"icfil {batching}")
     return {"icfil_batching": batching, "tasks": count, "seconds": round(result.seconds, 2),
             "seconds_per_task": round(result.seconds_per_task, 3),
@@ -79,12 +79,16 @@ def main() -> None:
     parser.add_argument("--datasets", default="synthetic-shapes,cifar-fs")
     parser.add_argument("--variants", default="loop:0,loop:1,vmap:0,vmap:1,loop:1:bf16",
                         help="batching:channels_last[:bf16] triples")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--json", help="write the numbers here too")
     args = parser.parse_args()
     tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
+    strict_fp32()  # fp32 convolutions without TF32 on GPUs (purer/runtime.py)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"threads": torch.get_num_threads(), "torch": torch.__version__, "results": []}
+    device = args.device
+    report = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
+              "results": []}
     for name in args.datasets.split(","):
         root = None
         if name == "cifar-fs":
@@ -98,14 +102,14 @@ def main() -> None:
             batching, cl, *precision = variant.split(":")
             row = {"dataset": name, "tasks": args.tasks,
                    **time_plain(split, tasks, batching, cl == "1", args.repeats, args.batch_tasks,
-                                precision[0] if precision else "fp32")}
+                                precision[0] if precision else "fp32", device)}
             report["results"].append(row)
             print(json.dumps(row), flush=True)
         if args.icfil_tasks:
             for batching in ("vmap", "loop"):
                 start = time.perf_counter()
                 row = {"dataset": name, **time_icfil(split, args.icfil_tasks, batching,
-                                                     min(args.batch_tasks, args.icfil_tasks))}
+                                                     min(args.batch_tasks, args.icfil_tasks), device)}
                 row.pop("options") if batching == "loop" else None
                 report["results"].append(row)
                 print(json.dumps(row), flush=True, end=f"  ({time.perf_counter() - start:.0f} s)\n")

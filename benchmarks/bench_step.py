@@ -28,7 +28,7 @@ from purer.config import RunConfig
 from purer.engine.trainer import ECITrainer
 from purer.models import create_model
 from purer.plugins import get_host
-from purer.runtime import tune_allocator
+from purer.runtime import strict_fp32, tune_allocator
 from purer.types import InputSpace, Teacher, find_bn_layers
 
 CIFAR = InputSpace(32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
@@ -49,7 +49,8 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     torch.manual_seed(0)
     config = RunConfig(device=str(device), train={"shot": args.shot, "query": 15},
                        inverter={"name": "deepinv", "precision": args.precision,
-                                 "compile": args.compile, "fold_batch_norm": not args.no_fold},
+                                 "compile": args.compile, "fold_batch_norm": not args.no_fold,
+                                 "batch_teachers": args.batch_teachers},
                        curriculum={"name": "gradient-switch", "start": 0})
     host = get_host()
     if args.zoo:
@@ -58,7 +59,8 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     else:
         teachers = random_teachers(args.arch, device)
     meta = host.create("meta_learner", "maml", {"first_order": args.first_order,
-                                                 "native_batch_norm": args.native_batch_norm})
+                                                 "native_batch_norm": args.native_batch_norm,
+                                                 "batch_episodes": args.batch_episodes})
     meta.setup(create_model("conv4", num_classes=5), device)
     inverter = host.create("inverter", "deepinv", config.inverter.options)
     generator = torch.Generator().manual_seed(0)
@@ -66,6 +68,22 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     curriculum = host.create("curriculum", "gradient-switch", {"start": 0})
     return ECITrainer(config, None, device, teachers, meta, inverter, curriculum, CIFAR,
                       generator=generator)
+
+
+def time_steps(trainer: ECITrainer, steps: int, warmup: int) -> tuple[list[float], int]:
+    """Seconds of each measured outer step (after ``warmup`` steps; device
+    work finished inside the clock) and how often the switch fired."""
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    times, fired = [], 0
+    for step in range(1, warmup + steps + 1):
+        sync()
+        t0 = time.perf_counter()
+        record = trainer.outer_step(step)
+        sync()
+        if step > warmup:
+            times.append(time.perf_counter() - t0)
+            fired += record["switch"]
+    return times, fired
 
 
 def main() -> None:
@@ -82,30 +100,26 @@ def main() -> None:
                         help="teachers' BN read by hooks instead of folded into their convs (the slower reference)")
     parser.add_argument("--native-batch-norm", action="store_true",
                         help="MAML with PyTorch's BatchNorm double backward (the slower reference)")
+    parser.add_argument("--batch-teachers", choices=["auto", "on", "off"], default="auto",
+                        help="inverter.batch_teachers (auto: on for GPUs)")
+    parser.add_argument("--batch-episodes", choices=["auto", "vmap", "loop"], default="auto",
+                        help="meta.batch_episodes (auto: vmap on GPUs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
     tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
+    strict_fp32()  # fp32 convolutions without TF32 on GPUs (purer/runtime.py)
     args.arch = args.arch or ["conv4"]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     trainer = build(args, device)
-    times, fired = [], 0
-    for step in range(1, args.warmup + args.steps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        record = trainer.outer_step(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step > args.warmup:
-            times.append(time.perf_counter() - t0)
-            fired += record["switch"]
+    times, fired = time_steps(trainer, args.steps, args.warmup)
     median = statistics.median(times)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "compile": args.compile,
               "native_batch_norm": args.native_batch_norm, "fold_batch_norm": not args.no_fold,
-              "device": str(device),
+              "batch_teachers": args.batch_teachers, "batch_episodes": args.batch_episodes,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "steps": len(times), "switch_fired": fired,
               "median_s": median, "min_s": min(times), "hours_60k": median * 60000 / 3600,

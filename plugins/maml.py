@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
@@ -36,10 +36,21 @@ class MAMLOptions(Options):
     batch_stats: bool = Field(True, description="BatchNorm uses batch statistics, also at test time")
     test_batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="how test tasks are adapted together; auto: loop on CPU, vmap on GPU")
+    batch_episodes: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="how the training episodes of a meta step are run: together under vmap "
+                            "(per-episode weights become grouped convolutions) or one by one; "
+                            "auto: loop on CPU, vmap on GPU")
     native_batch_norm: bool = Field(False, description="differentiate BatchNorm twice with PyTorch's own "
                                                        "double backward (slower on CPU; for comparison)")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="keep the meta-model's weights channels-last (auto: on for CPU)")
+
+    @model_validator(mode="after")
+    def _vmap_needs_own_batch_norm(self) -> MAMLOptions:
+        if self.batch_episodes == "vmap" and self.native_batch_norm:
+            raise ValueError("batch_episodes='vmap' needs native_batch_norm=false: PyTorch's batch-norm "
+                             "double backward under vmap gives wrong second-order gradients")
+        return self
 
 
 class MAML(MetaLearner):
@@ -83,6 +94,8 @@ class MAML(MetaLearner):
     # ----------------------------------------------------------------- outer loop
     def outer_loss(self, episodes: EpisodeBatch, *, create_graph: bool) -> tuple[Tensor, Tensor]:
         second_order = create_graph and not self.options.first_order
+        if not self.options.native_batch_norm and self._batched(self.options.batch_episodes, episodes.support):
+            return self._outer_loss_vmap(episodes, second_order)
         total, correct = 0.0, 0.0
         for e in range(episodes.num_episodes):
             adapted = self.adapt(episodes.support[e], episodes.support_labels[e],
@@ -91,6 +104,37 @@ class MAML(MetaLearner):
             total = total + F.cross_entropy(logits, episodes.query_labels[e])
             correct += (logits.argmax(-1) == episodes.query_labels[e]).float().mean().detach()
         return total, torch.as_tensor(correct / episodes.num_episodes)
+
+    def _outer_loss_vmap(self, episodes: EpisodeBatch, second_order: bool) -> tuple[Tensor, Tensor]:
+        """The same sum over episodes, all adapted at once: the inner step is
+        ``torch.func.grad`` inside ``vmap``, and ordinary autograd differentiates
+        through it (second order) or not (its gradient detached, first order)."""
+        base = self.params()
+
+        def one(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+            adapted = self._adapt_functional(base, xs, ys, self.options.inner_steps,
+                                             self.options.inner_lr, detach_grads=not second_order)
+            logits = functional_call(self.model, adapted, (xq,))
+            return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
+
+        losses, accuracies = vmap(one)(episodes.support, episodes.support_labels,
+                                       episodes.query, episodes.query_labels)
+        return losses.sum(), accuracies.mean().detach()
+
+    def _adapt_functional(self, params: Params, xs: Tensor, ys: Tensor, steps: int, lr: float,
+                          detach_grads: bool = False) -> Params:
+        """The inner loop written with ``torch.func.grad``, so that it can run under ``vmap``."""
+        def inner_loss(p: Params) -> Tensor:
+            return F.cross_entropy(functional_call(self.model, p, (xs,)), ys)
+
+        for _ in range(steps):
+            g = grad(inner_loss)(params)
+            params = {k: params[k] - lr * (g[k].detach() if detach_grads else g[k]) for k in params}
+        return params
+
+    @staticmethod
+    def _batched(strategy: str, like: Tensor) -> bool:
+        return strategy == "vmap" or (strategy == "auto" and like.device.type != "cpu")
 
     def meta_step(self, episodes: EpisodeBatch) -> OuterMetrics:
         self.optimizer.zero_grad(set_to_none=True)
@@ -103,11 +147,8 @@ class MAML(MetaLearner):
     def adapt_and_predict(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
         steps = self.options.test_inner_steps if self.options.test_inner_steps is not None else self.options.inner_steps
         lr = self.options.test_inner_lr or self.options.inner_lr
-        strategy = self.options.test_batching
-        if strategy == "auto":
-            strategy = "loop" if support.device.type == "cpu" else "vmap"
         base = {k: v.detach() for k, v in self.params().items()}
-        if strategy == "loop":
+        if not self._batched(self.options.test_batching, support):
             outs = []
             for t in range(support.shape[0]):
                 params = {k: v.requires_grad_() for k, v in
@@ -120,12 +161,7 @@ class MAML(MetaLearner):
             return torch.stack(outs)
 
         def one_task(params: Params, xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
-            def inner_loss(p: Params) -> Tensor:
-                return F.cross_entropy(functional_call(self.model, p, (xs,)), ys)
-            for _ in range(steps):
-                g = grad(inner_loss)(params)
-                params = {k: params[k] - lr * g[k] for k in params}
-            return functional_call(self.model, params, (xq,))
+            return functional_call(self.model, self._adapt_functional(params, xs, ys, steps, lr), (xq,))
 
         return vmap(one_task, in_dims=(None, 0, 0, 0))(base, support, support_labels, query)
 

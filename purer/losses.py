@@ -65,7 +65,17 @@ def per_channel(v: Tensor, ndim: int) -> Tensor:
 
 
 def batch_moments(features: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of a BN layer's input (dim 1 = channels)."""
+    """Per-channel mean and biased variance of a BN layer's input (dim 1 = channels).
+
+    Under ``torch.func`` transforms (teachers or episodes batched with
+    ``vmap``) the plain reductions are used: the custom backward above is
+    for eager CPU speed and has no batching rule.
+    """
+    if torch._C._are_functorch_transforms_active():
+        dims = [d for d in range(features.dim()) if d != 1]
+        mean = features.mean(dim=dims)
+        centred = features - per_channel(mean, features.dim())
+        return mean, (centred * centred).mean(dim=dims)
     return _BatchMoments.apply(features)
 
 

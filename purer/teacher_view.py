@@ -119,7 +119,12 @@ class FoldedTeacher(nn.Module):
         self.state = state
 
     def forward(self, x: Tensor) -> tuple[Tensor, Stats]:
-        return _run_recording(lambda inputs: functional_call(self.graph_module, self.state, (inputs,)),
+        return self.call(self.state, x)
+
+    def call(self, state: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Stats]:
+        """The shared traced module run with ``state`` (this teacher's, or under
+        ``vmap`` the stacked tensors of several teachers of this architecture)."""
+        return _run_recording(lambda inputs: functional_call(self.graph_module, state, (inputs,)),
                               self.sink, x)
 
 

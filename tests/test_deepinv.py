@@ -128,7 +128,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     def broken(*args):
         raise RuntimeError("no C++ compiler found\nmore detail")
 
-    monkeypatch.setattr(inverter, "_compiled", broken)
+    monkeypatch.setattr(inverter, "_compiled", {"teacher": broken, "group": broken})
     with pytest.warns(UserWarning, match="inverter.compile: torch.compile failed .*no C\\+\\+ compiler found"):
         loss, _ = inverter.inversion_loss()
     assert torch.allclose(loss, eager.inversion_loss()[0])
@@ -241,3 +241,29 @@ def test_step_gradient_is_the_gradient_of_the_summed_loss():
     expected = torch.autograd.grad(inverter.inversion_loss()[0], inverter.memory)
     inverter.step()  # leaves the gradient it stepped with in .grad
     assert all(torch.allclose(m.grad, g, rtol=1e-5, atol=1e-8) for m, g in zip(inverter.memory, expected))
+
+
+def test_batched_teachers_match_one_at_a_time():
+    teachers = [make_teacher(0, [0, 1]), make_teacher(1, [2, 3]), make_teacher(2, [4, 5]),
+                make_teacher(3, [6, 7, 8]), make_teacher(4, [9, 10], bn=False)]
+    alone = make_inverter(teachers, batch_teachers="off")
+    together = make_inverter(teachers, batch_teachers="on")
+    # same architecture, same class count, folded: one vmapped group; the others run alone
+    assert [g.members for g in together.groups] == [[0, 1, 2], [3], [4]]
+    assert all(len(g.members) == 1 for g in make_inverter(teachers).groups)  # auto: off on CPU
+    for a, b in zip(alone.memory, together.memory):
+        assert torch.equal(a, b)
+    loss_alone, parts_alone = alone.inversion_loss()
+    loss_together, parts_together = together.inversion_loss()
+    assert torch.allclose(loss_alone, loss_together, rtol=1e-5)
+    for name in parts_alone:
+        assert torch.allclose(parts_alone[name], parts_together[name], rtol=1e-5), name
+    grads_alone = torch.autograd.grad(loss_alone, alone.memory)
+    grads_together = torch.autograd.grad(loss_together, together.memory)
+    for a, b in zip(grads_alone, grads_together):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for _ in range(3):
+        logged_alone, logged_together = alone.step(), together.step()
+    assert logged_together["total"] == pytest.approx(logged_alone["total"], rel=1e-4)
+    for a, b in zip(alone.memory, together.memory):
+        assert torch.allclose(a, b, atol=1e-4)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from purer.models import create_model
-from purer.runtime import tune_allocator
+from purer.runtime import strict_fp32, tune_allocator
 from purer.teacher_view import FoldedTeacher, HookedTeacher, teacher_view
 from purer.types import find_bn_layers
 
@@ -127,3 +127,11 @@ def test_allocator_tuning_can_be_switched_off(monkeypatch):
     assert tune_allocator() is False
     monkeypatch.delenv("PURER_MALLOC_TUNING")
     assert isinstance(tune_allocator(), bool)  # True on glibc; harmless to repeat
+
+
+def test_strict_fp32_turns_off_tf32_convolutions_unless_asked(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setenv("PURER_TF32", "1")
+    assert strict_fp32() is False and torch.backends.cudnn.allow_tf32 is True
+    monkeypatch.delenv("PURER_TF32")
+    assert strict_fp32() is True and torch.backends.cudnn.allow_tf32 is False

@@ -132,7 +132,7 @@ class ECITrainer:
         for key, value in record.items():
             if isinstance(value, float) and not math.isfinite(value):
                 self._diverged(record["step"], key, value)
-        largest = max(float(x.abs().max()) for x in self.inverter.teacher_images())
+        largest = float(torch.stack([x.abs().max() for x in self.inverter.teacher_images()]).max())
         if not largest < self.config.train.max_memory_abs:
             self._diverged(record["step"], "memory |max|", largest)
 
