@@ -47,7 +47,8 @@ def random_teachers(archs: list[str], device: torch.device, classes: int = 64, w
 
 def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     torch.manual_seed(0)
-    config = RunConfig(device=str(device), train={"shot": args.shot, "query": 15},
+    config = RunConfig(device=str(device), train={"shot": args.shot, "query": 15,
+                                                  "cuda_graph": args.cuda_graph},
                        inverter={"name": "deepinv", "precision": args.precision,
                                  "compile": args.compile, "fold_batch_norm": not args.no_fold,
                                  "batch_teachers": args.batch_teachers},
@@ -104,6 +105,7 @@ def main() -> None:
                         help="inverter.batch_teachers (auto: on for GPUs)")
     parser.add_argument("--batch-episodes", choices=["auto", "vmap", "loop"], default="auto",
                         help="meta.batch_episodes (auto: vmap on GPUs)")
+    parser.add_argument("--cuda-graph", action="store_true", help="train.cuda_graph (CUDA only)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
@@ -119,6 +121,7 @@ def main() -> None:
     result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "compile": args.compile,
               "native_batch_norm": args.native_batch_norm, "fold_batch_norm": not args.no_fold,
               "batch_teachers": args.batch_teachers, "batch_episodes": args.batch_episodes,
+              "cuda_graph": args.cuda_graph,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "steps": len(times), "switch_fired": fired,

@@ -46,10 +46,16 @@ STEP_VARIANTS = {
     "5shot-batched-compile": {"shot": 5, "compile": True},
     "1shot-batched-first-order": {"first_order": True},
     "sh-1shot-batched": {"arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
+    "1shot-graph": {"cuda_graph": True},
+    "5shot-graph": {"shot": 5, "cuda_graph": True},
+    "1shot-graph-unbatched": {"cuda_graph": True, "batch_teachers": "off", "batch_episodes": "loop"},
+    "1shot-graph-bf16": {"cuda_graph": True, "precision": "bf16"},
+    "1shot-graph-compile": {"cuda_graph": True, "compile": True},
+    "sh-1shot-graph": {"cuda_graph": True, "arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
 }
 STEP_DEFAULTS = {"shot": 1, "precision": "fp32", "compile": False, "no_fold": False, "zoo": None,
                  "arch": ["conv4"], "first_order": False, "native_batch_norm": False,
-                 "batch_teachers": "auto", "batch_episodes": "auto"}
+                 "batch_teachers": "auto", "batch_episodes": "auto", "cuda_graph": False}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,6 +83,29 @@ def check_batching(device: torch.device) -> dict:
             "meta_grad_rel": relative(metas["on"][1], metas["off"][1])}
 
 
+def audit_syncs(device: torch.device) -> Iterator[dict]:
+    """Where the device work of a step would wait for the host (which a
+    CUDA graph capture cannot do): one step per switch state under
+    ``torch.cuda.set_sync_debug_mode("error")``, reporting the first sync."""
+    trainer = build(argparse.Namespace(**STEP_DEFAULTS), device)
+    for step in (1, 2):
+        trainer.outer_step(step)
+    for scale in (0.0, 10.0):
+        draws = {k: v.to(device) for k, v in trainer.draw(scale).items()}
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.device_step(scale, draws)
+            found = None
+        except RuntimeError as exc:
+            frames = traceback.extract_tb(exc.__traceback__)[-4:]
+            found = f"{str(exc).splitlines()[0][:120]} at " + " <- ".join(
+                f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(frames))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        yield {"sync_audit": scale, "first_sync": found}
+
+
 def time_variant(name: str, options: dict, device: torch.device, steps: int, warmup: int) -> dict:
     args = argparse.Namespace(**{**STEP_DEFAULTS, **options})
     started = time.perf_counter()
@@ -84,6 +113,9 @@ def time_variant(name: str, options: dict, device: torch.device, steps: int, war
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     times, fired = time_steps(trainer, steps, warmup)
     median = statistics.median(times)
+    graphed = trainer.graphed
+    if graphed is not None:
+        options = {**options, "graphs": sorted(graphed.graphs), "capture_failed": graphed.failed}
     return {"variant": name, **options, "steps": len(times), "switch_fired": fired,
             "median_ms": round(1000 * median, 2), "min_ms": round(1000 * min(times), 2),
             "minutes_60k": round(median * 60000 / 60, 1),
@@ -129,6 +161,8 @@ def main() -> None:
           if device.type == "cuda" else "cpu", "cudnn_tf32": torch.backends.cudnn.allow_tf32,
           "matmul_precision": torch.get_float32_matmul_precision()})
     jobs = [("check", lambda: [check_batching(device)])]
+    if device.type == "cuda":
+        jobs.append(("sync audit", lambda: audit_syncs(device)))
     names = args.only.split(",") if args.only else list(STEP_VARIANTS)
     jobs += [(n, lambda n=n: [time_variant(n, STEP_VARIANTS[n], device, args.steps, args.warmup)])
              for n in names]

@@ -5,7 +5,8 @@
 # meta_test.npz in device_payload/cifar-fs (both git-ignored). Results land in
 # $OUT (default ./gpu-out): gpu.jsonl, the logs, the default job's run folder.
 #   bash benchmarks/gpu_run.sh
-#   SKIP_INSTALL=1 STEPS=2 EVAL_TASKS=10 DEFAULT_JOB_TIMEOUT=20 COMPILE_TIMEOUT=60 bash benchmarks/gpu_run.sh   # dry run
+#   VARIANTS=1shot-batched,1shot-graph EVAL_TASKS=0 JOB_ARGS="--set train.cuda_graph=true" bash benchmarks/gpu_run.sh
+#   SKIP_INSTALL=1 STEPS=2 EVAL_TASKS=10 JOB_TIMEOUT=20 bash benchmarks/gpu_run.sh   # dry run on a CPU
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -18,18 +19,21 @@ fi
 export PYTHONUNBUFFERED=1 PURER_CACHE=/tmp/purer-cache
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
-cd benchmarks
-EAGER=1shot-batched,1shot-unbatched,5shot-batched,1shot-batched-bf16,1shot-batched-first-order,sh-1shot-batched
-STEPS=${STEPS:-50} EVAL_TASKS=${EVAL_TASKS:-600}
-timeout 200 python3 gpu.py --out "$OUT/gpu.jsonl" --only $EAGER --cifar-fs ../device_payload/cifar-fs \
-    --steps "$STEPS" --eval-tasks "$EVAL_TASKS" \
-    > "$OUT/eager.log" 2>&1
-grep -v "━" "$OUT/eager.log" | tail -40
-cd "$OUT" && SECONDS=0
-timeout "${DEFAULT_JOB_TIMEOUT:-120}" python3 -c "from purer.cli.main import main; main()" run --out "$OUT/default-job" \
-    > "$OUT/default-job.log" 2>&1
-echo "default job: rc $? in $SECONDS s"; grep -v "━" "$OUT/default-job.log" | tail -15
-cd - > /dev/null
-timeout "${COMPILE_TIMEOUT:-150}" python3 gpu.py --out "$OUT/gpu.jsonl" --eval-tasks 0 \
-    --steps "$STEPS" --only 1shot-batched-compile,5shot-batched-compile > "$OUT/compile.log" 2>&1
-grep -v "━" "$OUT/compile.log" | grep -v "^\s*$" | tail -25
+
+# 1. the tests that need a GPU (they skip on CPU machines, so CI never runs them)
+timeout "${TESTS_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_cuda_graph.py} \
+    2>&1 | tail -15 | tee "$OUT/tests.log"
+
+# 2. batched-path checks, step variants, evaluation (benchmarks/gpu.py)
+VARIANTS=${VARIANTS:-1shot-batched,1shot-unbatched,5shot-batched,1shot-batched-bf16,1shot-graph,5shot-graph,1shot-graph-unbatched,1shot-graph-bf16,sh-1shot-batched,sh-1shot-graph,1shot-batched-compile,5shot-batched-compile,1shot-graph-compile}
+(cd benchmarks && timeout "${BENCH_TIMEOUT:-300}" python3 gpu.py --out "$OUT/gpu.jsonl" --only "$VARIANTS" \
+    --steps "${STEPS:-50}" --eval-tasks "${EVAL_TASKS:-600}" --cifar-fs ../device_payload/cifar-fs \
+    > "$OUT/bench.log" 2>&1)
+grep -v "━" "$OUT/bench.log" | grep -v "^\s*$" | tail -30
+
+# 3. the default job (`purer run`), zoo build included
+SECONDS=0
+(cd "$OUT" && timeout "${JOB_TIMEOUT:-150}" python3 -c "from purer.cli.main import main; main()" run \
+    --out "$OUT/default-job" ${JOB_ARGS:-} > "$OUT/default-job.log" 2>&1)
+echo "default job (${JOB_ARGS:-no extra options}): rc $? in $SECONDS s"
+grep -v "━" "$OUT/default-job.log" | tail -12

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.func import vmap
 
 import purer
+from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import InversionContext, InversionTerm, Inverter, Options
 from purer.losses import bn_statistics, l2_prior, total_variation
 from purer.teacher_view import FoldedTeacher, teacher_view
@@ -181,10 +182,12 @@ class DeepInversion(Inverter):
         _, losses, parts = zip(*self._teacher_losses())
         return sum(losses), dict(zip(self.terms, sum(parts).unbind()))
 
-    def _teacher_losses(self) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    def _teacher_losses(self, draws: dict[str, Tensor] | None = None
+                        ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
         """Per group (a teacher, or teachers batched together): its members,
         their summed weighted loss and detached term values, one group at a time."""
-        pixels = self._jitter_indices()
+        draws = draws if draws is not None else {k: v.to(self.device) for k, v in self.draw().items()}
+        pixels = draws["pixels"].split([t.space.size ** 2 for t in self.teachers])
         for group in self.groups:
             if group.state is None:
                 k = group.members[0]
@@ -243,7 +246,8 @@ class DeepInversion(Inverter):
         loss = sum(weight * value for (_, weight), value in zip(self.terms.values(), values))
         return loss, torch.stack(values).detach()
 
-    def step(self, extra_loss: Tensor | None = None) -> dict[str, float]:
+    def step(self, extra_loss: Tensor | None = None,
+             draws: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """One Adam step of the memory on the summed loss (plus ``extra_loss``).
 
         Each teacher is differentiated right after its forward pass instead of
@@ -254,7 +258,7 @@ class DeepInversion(Inverter):
         grads: list[Tensor] = [None] * len(self.memory)  # type: ignore[list-item]
         total = torch.zeros((), device=self.device)
         parts = torch.zeros(len(self.terms), device=self.device)
-        for members, loss, values in self._teacher_losses():
+        for members, loss, values in self._teacher_losses(draws):
             for k, g in zip(members, torch.autograd.grad(loss, [self.memory[k] for k in members])):
                 grads[k] = g
             total, parts = total + loss.detach(), parts + values
@@ -265,16 +269,20 @@ class DeepInversion(Inverter):
         for param, g in zip(self.memory, grads):
             param.grad = g
         self.optimizer.step()
-        values = torch.cat([parts, total.view(1)]).tolist()  # one device sync, not one per term
-        logged = dict(zip([*self.terms, "total"], values))
+        logged = dict(zip(self.terms, parts.unbind()))
+        logged["total"] = total
         if extra_loss is not None:
-            logged["reversed"] = float(extra_loss.detach())
+            logged["reversed"] = extra_loss.detach()
         return logged
 
-    def _jitter_indices(self) -> list[Tensor]:
-        """Per teacher, the pixel order of a random circular shift, as indices
-        into the flattened ``H * W`` image (one gather instead of a row and a
-        column one: half the cost, same result)."""
+    def prepare_cuda_graph(self) -> None:
+        make_capturable(self.optimizer)
+
+    def draw(self) -> dict[str, Tensor]:
+        """The jitter of the next step: per teacher, the pixel order of a
+        random circular shift as indices into the flattened ``H * W`` image
+        (one gather instead of a row and a column one: half the cost, same
+        result), all teachers' concatenated."""
         j = self.options.jitter
         draws = (torch.randint(-j, j + 1, (len(self.teachers), 2), generator=self.generator)
                  if j else torch.zeros(len(self.teachers), 2, dtype=torch.long))
@@ -284,7 +292,7 @@ class DeepInversion(Inverter):
             line = torch.arange(size)
             rows, cols = (line - dy) % size, (line - dx) % size
             out.append((rows.view(-1, 1) * size + cols.view(1, -1)).reshape(-1))
-        return list(torch.cat(out).to(self.device).split([len(o) for o in out]))  # one copy to a GPU
+        return {"pixels": torch.cat(out)}
 
     # ------------------------------------------------------------ episodes and pictures
     def bank(self, space: InputSpace, *, detach: bool) -> ClassBank:
@@ -306,7 +314,7 @@ class DeepInversion(Inverter):
         with torch.no_grad():
             for param, saved in zip(self.memory, state["memory"]):
                 param.copy_(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
 
 
 @purer.hookimpl

@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_, v
 
 import purer
 from purer.batch_norm import use_batch_stats_norm
+from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import MetaLearner, Options, Params
 from purer.types import EpisodeBatch, OuterMetrics
 
@@ -141,7 +142,10 @@ class MAML(MetaLearner):
         loss, accuracy = self.outer_loss(episodes, create_graph=True)
         loss.backward()
         self.optimizer.step()
-        return OuterMetrics(loss=float(loss.detach()), accuracy=float(accuracy))
+        return OuterMetrics(loss=loss.detach(), accuracy=accuracy)
+
+    def prepare_cuda_graph(self) -> None:
+        make_capturable(self.optimizer)
 
     # ----------------------------------------------------------------- meta-test
     def adapt_and_predict(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
@@ -172,7 +176,7 @@ class MAML(MetaLearner):
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
 
 
 @purer.hookimpl

@@ -79,6 +79,9 @@ class TrainSection(Section):
     checkpoint_every: int = Field(1000, ge=1)
     image_every: int = Field(5000, ge=1)
     max_memory_abs: float = Field(1e3, gt=0, description="divergence guard on |memory|")
+    cuda_graph: bool | Literal["auto"] = Field(
+        "auto", description="replay each outer step's GPU work from a CUDA graph (one per switch "
+                            "state); auto: on for CUDA when the inverter and meta-learner support it")
 
 
 class EvalSection(Section):

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from purer.errors import ConfigError
 from purer.types import ClassBank, EpisodeBatch, InputSpace, OuterMetrics, SplitData, Teacher
 
 Params = dict[str, Tensor]
@@ -98,10 +99,27 @@ class Inverter(Component):
         differentiable so a reversed outer loss can reach the images."""
 
     @abstractmethod
-    def step(self, extra_loss: Tensor | None = None) -> dict[str, float]:
+    def step(self, extra_loss: Tensor | None = None,
+             draws: dict[str, Tensor] | None = None) -> dict[str, Tensor | float]:
         """One optimisation step of the memory on the summed inversion loss
-        of all teachers, plus ``extra_loss`` when given. Returns the value of
-        each term (and ``total``) for logging."""
+        of all teachers, plus ``extra_loss`` when given. ``draws``: this
+        step's randomness from :meth:`draw`, already on the device, or
+        ``None`` to draw now. Returns the value of each term (and ``total``)
+        for logging, preferably as 0-d tensors: the engine reads all of a
+        step's numbers with one device sync."""
+
+    def prepare_cuda_graph(self) -> None:
+        """Called once before training with ``train.cuda_graph``: make
+        :meth:`step` capturable (e.g. ``capturable=True`` optimisers), or
+        raise ``ConfigError`` if it cannot be."""
+        raise ConfigError(f"inverter {type(self).__name__} does not support train.cuda_graph")
+
+    def draw(self) -> dict[str, Tensor]:
+        """The random draws of the next :meth:`step` as CPU tensors, taken
+        from the run's generator. The engine draws them before the step so
+        that a CUDA-graphed step (``train.cuda_graph``) can copy them into
+        fixed device buffers. An inverter without randomness keeps this default."""
+        return {}
 
     @abstractmethod
     def teacher_images(self) -> list[Tensor]:
@@ -145,7 +163,13 @@ class MetaLearner(Component):
 
     @abstractmethod
     def meta_step(self, episodes: EpisodeBatch) -> OuterMetrics:
-        """One optimiser step of the meta-model on ``outer_loss``."""
+        """One optimiser step of the meta-model on ``outer_loss``. The
+        metrics may be 0-d tensors (no device sync inside the step)."""
+
+    def prepare_cuda_graph(self) -> None:
+        """Called once before training with ``train.cuda_graph``: make
+        :meth:`meta_step` capturable, or raise ``ConfigError``."""
+        raise ConfigError(f"meta-learner {type(self).__name__} does not support train.cuda_graph")
 
     @abstractmethod
     def adapt_and_predict(self, support: Tensor, support_labels: Tensor,

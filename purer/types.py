@@ -131,11 +131,12 @@ class ClassBank:
 
 @dataclass
 class OuterMetrics:
-    """What one outer step reports back (detached Python numbers)."""
+    """What one outer step reports back: detached numbers, or 0-d tensors
+    that the engine reads together after the step (one device sync)."""
 
-    loss: float
-    accuracy: float
-    extras: dict[str, float] = field(default_factory=dict)
+    loss: float | Tensor
+    accuracy: float | Tensor
+    extras: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 def find_bn_layers(model: nn.Module) -> list[nn.Module]:

@@ -97,7 +97,7 @@ def test_jitter_is_a_circular_shift_of_the_memory():
     images = inverter.memory[0].detach()
     for _ in range(5):
         state = inverter.generator.get_state()
-        pixels = inverter._jitter_indices()[0]
+        pixels = inverter.draw()["pixels"]
         inverter.generator.set_state(state)  # replay the draw to know the shift
         dy, dx = torch.randint(-2, 3, (1, 2), generator=inverter.generator)[0].tolist()
         shifted = images.flatten(2).index_select(2, pixels).view(images.shape)

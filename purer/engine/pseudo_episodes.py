@@ -10,6 +10,8 @@ episode built from an undetached bank sends gradients back into the memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -42,10 +44,33 @@ class OwnerTable:
         return self.table[chosen, slot]
 
 
-def sample_pseudo_episodes(bank: ClassBank, owners: OwnerTable, way: int, shot: int, query: int,
-                           count: int, generator: torch.Generator) -> EpisodeBatch:
-    """``count`` episodes from ``bank`` (see module docstring)."""
-    entries_total, per_class = bank.images.shape[:2]
+@dataclass
+class EpisodeDraw:
+    """The random part of a batch of pseudo episodes, as index tensors.
+
+    Drawn on the CPU from the run's generator, apart from the gather that
+    builds the images, so that a CUDA-graphed step can copy a new draw into
+    fixed device buffers before each replay.
+    """
+
+    entries: Tensor  # [E, way] bank entry (teacher class) per episode class
+    order: Tensor  # [E, way, shot + query] memory slots, support first
+    classes: Tensor  # [E, way] global class ids
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"entries": self.entries, "order": self.order, "classes": self.classes}
+
+    def to(self, device: torch.device) -> EpisodeDraw:
+        return EpisodeDraw.from_tensors({k: v.to(device) for k, v in self.tensors().items()})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> EpisodeDraw:
+        return cls(tensors["entries"], tensors["order"], tensors["classes"])
+
+
+def draw_episodes(owners: OwnerTable, way: int, shot: int, query: int, count: int, per_class: int,
+                  generator: torch.Generator) -> EpisodeDraw:
+    """Which classes, owners and memory slots ``count`` episodes use (CPU tensors)."""
     if len(owners) < way:
         raise ConfigError(f"train.way: {way}-way episodes need {way} classes, the zoo has {len(owners)}")
     if per_class < shot + query:
@@ -54,16 +79,28 @@ def sample_pseudo_episodes(bank: ClassBank, owners: OwnerTable, way: int, shot: 
     chosen = torch.rand(count, len(owners), generator=generator).argsort(dim=1)[:, :way]
     entries = owners.draw_entries(chosen, generator)
     order = torch.rand(count, way, per_class, generator=generator).argsort(dim=2)[..., :shot + query]
-    device = bank.images.device
-    images = bank.images[entries.to(device)[..., None], order.to(device)]  # [E, way, s+q, C, H, W]
+    return EpisodeDraw(entries, order, owners.classes[chosen])
+
+
+def build_episodes(bank: ClassBank, draw: EpisodeDraw, shot: int) -> EpisodeBatch:
+    """Gather the drawn images (``draw`` on the bank's device). No host sync,
+    so it can run inside a CUDA graph capture."""
+    count, way = draw.entries.shape
+    images = bank.images[draw.entries[..., None], draw.order]  # [E, way, s+q, C, H, W]
+    query = draw.order.shape[-1] - shot
     c, h, w = images.shape[-3:]
-    support = images[:, :, :shot].reshape(count, way * shot, c, h, w)
-    query_images = images[:, :, shot:].reshape(count, way * query, c, h, w)
-    labels = torch.arange(way, device=device)
+    device = images.device
     return EpisodeBatch(
-        support=support,
-        support_labels=labels.repeat_interleave(shot).expand(count, -1),
-        query=query_images,
-        query_labels=labels.repeat_interleave(query).expand(count, -1),
-        classes=owners.classes[chosen].to(device),
+        support=images[:, :, :shot].reshape(count, way * shot, c, h, w),
+        support_labels=(torch.arange(way * shot, device=device) // shot).expand(count, -1),
+        query=images[:, :, shot:].reshape(count, way * query, c, h, w),
+        query_labels=(torch.arange(way * query, device=device) // query).expand(count, -1),
+        classes=draw.classes,
     )
+
+
+def sample_pseudo_episodes(bank: ClassBank, owners: OwnerTable, way: int, shot: int, query: int,
+                           count: int, generator: torch.Generator) -> EpisodeBatch:
+    """``count`` episodes from ``bank`` (see module docstring)."""
+    draw = draw_episodes(owners, way, shot, query, count, bank.images.shape[1], generator)
+    return build_episodes(bank, draw.to(bank.images.device), shot)

@@ -20,8 +20,15 @@ from purer.data import load_split
 from purer.data.episodes import make_task_list
 from purer.engine import checkpoint as ckpt
 from purer.engine.build import build_meta_learner, build_meta_model, initialize, load_zoo
-from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
-from purer.errors import DivergenceError
+from purer.engine.cuda_graph import GraphedStep
+from purer.engine.pseudo_episodes import (
+    EpisodeDraw,
+    OwnerTable,
+    build_episodes,
+    draw_episodes,
+    sample_pseudo_episodes,
+)
+from purer.errors import ConfigError, DivergenceError
 from purer.interfaces import Curriculum, Inverter, MetaLearner
 from purer.pictures import save_curve, save_grid
 from purer.plugins import get_host
@@ -35,6 +42,22 @@ def class_keys(teachers: list[Teacher]) -> torch.Tensor:
     real class is: ids are only unique inside a dataset (MH zoos mix two)."""
     keys: dict[tuple[str, int], int] = {}
     return torch.tensor([keys.setdefault((t.dataset, c), len(keys)) for t in teachers for c in t.class_ids])
+
+
+def read_numbers(values: dict[str, Any]) -> dict[str, float]:
+    """Python floats of a step's numbers; all tensors read with one device sync."""
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    read = dict(zip(tensors, torch.stack([v.detach().double().reshape(()) for v in tensors.values()])
+                    .tolist())) if tensors else {}
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def _part(draws: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in draws.items() if k.startswith(prefix + ".")}
 
 
 class ECITrainer:
@@ -56,6 +79,23 @@ class ECITrainer:
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "val_accuracy": -1.0}
         self.val_history: list[tuple[int, float]] = []
+        self.graphed = self._graphed_step(config.train.cuda_graph)
+
+    def _graphed_step(self, wanted: bool | str) -> GraphedStep | None:
+        """The CUDA-graph runner when ``train.cuda_graph`` asks for it (``auto``:
+        on a CUDA device, if both components support it)."""
+        if wanted is False or (wanted == "auto" and self.device.type != "cuda"):
+            return None
+        if self.device.type != "cuda":
+            raise ConfigError(f"train.cuda_graph: needs a CUDA device, the run uses {self.device}")
+        try:
+            self.inverter.prepare_cuda_graph()
+            self.meta.prepare_cuda_graph()
+        except ConfigError:
+            if wanted is True:
+                raise
+            return None
+        return GraphedStep(self.device_step, self.device)
 
     @classmethod
     def from_config(cls, config: RunConfig, run: RunDir, device: torch.device) -> ECITrainer:
@@ -81,21 +121,48 @@ class ECITrainer:
         return sample_pseudo_episodes(bank, self.owners, t.way, t.shot, t.query, count, self.generator)
 
     def outer_step(self, step: int) -> dict[str, Any]:
-        """One iteration of Alg. 1."""
-        # Gradient switch (Eq. 5): when on, the memory also maximises the outer loss (Eq. 6).
+        """One iteration of Alg. 1: this step's random draws on the CPU, the
+        device work (eager, or replayed from a CUDA graph), the feedback."""
         scale = self.curriculum.adversarial_scale(step)
-        reversed_loss = None
+        draws = self.draw(scale)
+        if self.graphed is not None:
+            numbers = self.graphed(scale, draws)
+        else:
+            numbers = self.device_step(scale, {k: v.to(self.device) for k, v in draws.items()})
+        record = {"step": step, **read_numbers(numbers), "switch": bool(scale)}
+        self.curriculum.observe(step, record["train_accuracy"])
+        return record
+
+    def draw(self, scale: float) -> dict[str, torch.Tensor]:
+        """Everything random in one outer step, in the order the step uses it."""
+        t = self.config.train
+        draws = {}
         if scale:
-            hard = self.sample(1, detach=False)
+            draws |= _prefixed("hard", self._draw_episodes(1).tensors())
+        draws |= _prefixed("inverter", self.inverter.draw())
+        draws |= _prefixed("batch", self._draw_episodes(t.episode_batch).tensors())
+        return draws
+
+    def device_step(self, scale: float, draws: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Alg. 1's body on drawn indices (on the device); no host sync inside."""
+        shot = self.config.train.shot
+        reversed_loss = None
+        if scale:  # Gradient switch (Eq. 5): the memory also maximises the outer loss (Eq. 6).
+            hard = build_episodes(self.inverter.bank(self.space, detach=False),
+                                  EpisodeDraw.from_tensors(_part(draws, "hard")), shot)
             reversed_loss = -scale * self.meta.outer_loss(hard, create_graph=True)[0]
         # Episode inversion: one step of the memory on Eq. 2 summed over teachers.
-        inversion = self.inverter.step(reversed_loss)
+        inversion = self.inverter.step(reversed_loss, _part(draws, "inverter"))
         # Pseudo episode training: MAML's outer update on a batch of episodes (Eq. 1).
-        outer = self.meta.meta_step(self.sample(self.config.train.episode_batch, detach=True))
-        # Feedback for the curriculum.
-        self.curriculum.observe(step, outer.accuracy)
-        return {"step": step, **{f"inv_{k}": v for k, v in inversion.items()},
-                "outer_loss": outer.loss, "train_accuracy": outer.accuracy, "switch": bool(scale)}
+        batch = build_episodes(self.inverter.bank(self.space, detach=True),
+                               EpisodeDraw.from_tensors(_part(draws, "batch")), shot)
+        outer = self.meta.meta_step(batch)
+        return {**{f"inv_{k}": v for k, v in inversion.items()},
+                "outer_loss": outer.loss, "train_accuracy": outer.accuracy}
+
+    def _draw_episodes(self, count: int) -> EpisodeDraw:
+        t = self.config.train
+        return draw_episodes(self.owners, t.way, t.shot, t.query, count, t.shot + t.query, self.generator)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
