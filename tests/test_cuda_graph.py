@@ -13,10 +13,10 @@ from purer.config import RunConfig
 from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.engine.trainer import ECITrainer
 from purer.errors import ConfigError
-from purer.interfaces import Curriculum
+from purer.interfaces import Curriculum, Inverter
 from purer.models import create_model
 from purer.plugins import get_host
-from purer.types import InputSpace, Teacher, find_bn_layers
+from purer.types import ClassBank, InputSpace, Teacher, find_bn_layers
 
 SPACE = InputSpace(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -109,3 +109,37 @@ def test_loading_a_checkpoint_keeps_the_optimisers_own_capturable_setting():
     make_capturable(resumed)
     assert resumed.param_groups[0]["capturable"] is True
     assert resumed.state[param]["step"].dtype == torch.float32
+
+
+class FrozenNoise(Inverter):
+    """A plugin written against the plain contract: one-argument ``step``,
+    no ``draw``, no ``prepare_cuda_graph`` (docs/interfaces.md's example)."""
+
+    def setup(self, teachers, images_per_class, device, generator):
+        self.teachers = list(teachers)
+        self.memory = [torch.randn(t.num_classes, images_per_class, 3, t.space.size, t.space.size,
+                                   generator=generator).to(device) for t in self.teachers]
+
+    def bank(self, space, *, detach):
+        images = torch.cat([t.space.convert(m, space) for t, m in zip(self.teachers, self.memory)])
+        return ClassBank(images, torch.tensor([c for t in self.teachers for c in t.class_ids]))
+
+    def step(self, extra_loss=None):
+        return {"total": 0.0}
+
+    def teacher_images(self):
+        return self.memory
+
+
+def test_a_plain_inverter_plugin_runs_eagerly():
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reference = make_trainer(device, cuda_graph="auto")
+    inverter = FrozenNoise()
+    inverter.setup(reference.teachers, 4, device, torch.Generator().manual_seed(0))
+    trainer = ECITrainer(reference.config, None, device, reference.teachers, reference.meta, inverter,
+                         EveryOtherStep(), SPACE, generator=torch.Generator().manual_seed(0))
+    assert trainer.graphed is None  # auto: no graph support declared, so eager
+    records = [trainer.outer_step(step) for step in (1, 2)]
+    assert [r["inv_total"] for r in records] == [0.0, 0.0]
+    assert [r["switch"] for r in records] == [True, False]
+    assert all(0.0 <= r["train_accuracy"] <= 1.0 for r in records)

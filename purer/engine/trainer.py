@@ -152,7 +152,9 @@ class ECITrainer:
                                   EpisodeDraw.from_tensors(_part(draws, "hard")), shot)
             reversed_loss = -scale * self.meta.outer_loss(hard, create_graph=True)[0]
         # Episode inversion: one step of the memory on Eq. 2 summed over teachers.
-        inversion = self.inverter.step(reversed_loss, _part(draws, "inverter"))
+        own_draws = _part(draws, "inverter")  # an inverter without draws keeps the one-argument step
+        inversion = (self.inverter.step(reversed_loss, own_draws) if own_draws
+                     else self.inverter.step(reversed_loss))
         # Pseudo episode training: MAML's outer update on a batch of episodes (Eq. 1).
         batch = build_episodes(self.inverter.bank(self.space, detach=True),
                                EpisodeDraw.from_tensors(_part(draws, "batch")), shot)
