@@ -1,9 +1,12 @@
 """ECI meta-training (paper Alg. 1): the loop, checkpoints, resume, guard.
 
-``ECITrainer.outer_step`` is Alg. 1's body and should stay readable on one
-screen; everything around it (validation, checkpoints, pictures, logging) is
-bookkeeping that never touches the random streams the step uses, so a run
-resumed from a checkpoint replays the uninterrupted run exactly.
+``ECITrainer.device_step`` is Alg. 1's body and should stay readable on one
+screen; ``outer_step`` wraps it: the step's random draws first (on the CPU,
+so that a CUDA graph can replay the body with new draws), then the body,
+then the curriculum's feedback. Everything around it (validation,
+checkpoints, pictures, logging) is bookkeeping that never touches the
+random streams the step uses, so a run resumed from a checkpoint replays
+the uninterrupted run exactly.
 """
 
 from __future__ import annotations
