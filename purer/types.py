@@ -24,8 +24,10 @@ class InputSpace:
     std: tuple[float, float, float]
 
     def _stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        mean = torch.tensor(self.mean, device=like.device, dtype=like.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=like.device, dtype=like.dtype).view(-1, 1, 1)
+        """Per-channel mean and std beside ``like``, made on its device by fills
+        (no copy from host memory, which a CUDA graph capture would refuse)."""
+        mean = torch.stack([like.new_full((), m) for m in self.mean]).view(-1, 1, 1)
+        std = torch.stack([like.new_full((), s) for s in self.std]).view(-1, 1, 1)
         return mean, std
 
     def normalize(self, images: Tensor) -> Tensor:
