@@ -48,7 +48,8 @@ def random_teachers(archs: list[str], device: torch.device, classes: int = 64, w
 def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
     torch.manual_seed(0)
     config = RunConfig(device=str(device), train={"shot": args.shot, "query": 15,
-                                                  "cuda_graph": args.cuda_graph},
+                                                  "cuda_graph": {"on": True, "off": False}.get(
+                                                      args.cuda_graph, args.cuda_graph)},
                        inverter={"name": "deepinv", "precision": args.precision,
                                  "compile": args.compile, "fold_batch_norm": not args.no_fold,
                                  "batch_teachers": args.batch_teachers},
@@ -105,7 +106,8 @@ def main() -> None:
                         help="inverter.batch_teachers (auto: on for GPUs)")
     parser.add_argument("--batch-episodes", choices=["auto", "vmap", "loop"], default="auto",
                         help="meta.batch_episodes (auto: vmap on GPUs)")
-    parser.add_argument("--cuda-graph", action="store_true", help="train.cuda_graph (CUDA only)")
+    parser.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto",
+                        help="train.cuda_graph (auto: on for CUDA, as in `purer run`)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()

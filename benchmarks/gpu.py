@@ -46,16 +46,16 @@ STEP_VARIANTS = {
     "5shot-batched-compile": {"shot": 5, "compile": True},
     "1shot-batched-first-order": {"first_order": True},
     "sh-1shot-batched": {"arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
-    "1shot-graph": {"cuda_graph": True},
-    "5shot-graph": {"shot": 5, "cuda_graph": True},
-    "1shot-graph-unbatched": {"cuda_graph": True, "batch_teachers": "off", "batch_episodes": "loop"},
-    "1shot-graph-bf16": {"cuda_graph": True, "precision": "bf16"},
-    "1shot-graph-compile": {"cuda_graph": True, "compile": True},
-    "sh-1shot-graph": {"cuda_graph": True, "arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
+    "1shot-graph": {"cuda_graph": "on"},
+    "5shot-graph": {"shot": 5, "cuda_graph": "on"},
+    "1shot-graph-unbatched": {"cuda_graph": "on", "batch_teachers": "off", "batch_episodes": "loop"},
+    "1shot-graph-bf16": {"cuda_graph": "on", "precision": "bf16"},
+    "1shot-graph-compile": {"cuda_graph": "on", "compile": True},
+    "sh-1shot-graph": {"cuda_graph": "on", "arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
 }
 STEP_DEFAULTS = {"shot": 1, "precision": "fp32", "compile": False, "no_fold": False, "zoo": None,
                  "arch": ["conv4"], "first_order": False, "native_batch_norm": False,
-                 "batch_teachers": "auto", "batch_episodes": "auto", "cuda_graph": False}
+                 "batch_teachers": "auto", "batch_episodes": "auto", "cuda_graph": "off"}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
