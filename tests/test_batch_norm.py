@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from purer_plugins.maml import MAML, MAMLOptions
 
-from purer.batch_norm import batch_stats_norm, use_batch_stats_norm
+from purer.batch_norm import batch_stats_norm, norm_relu_maxpool, use_batch_stats_norm
 from purer.models import create_model
 from purer.types import EpisodeBatch
 
@@ -55,3 +55,54 @@ def test_second_order_meta_gradient_equals_pytorchs():
     for name, reference in grads[True].items():
         if reference.norm() > 1e-4:  # conv biases before BN have a zero gradient (float noise)
             assert torch.allclose(grads[False][name], reference, rtol=1e-3, atol=1e-5), name
+
+
+def _plain_block(block, x):
+    return block.pool(block.act(block.bn(block.conv(x))))
+
+
+def test_pooled_inference_shortcut_matches_the_plain_block():
+    """Conv4's norm-ReLU-pool on the pooled map gives the plain layers' numbers,
+    for batch statistics (MAML's meta-model) and running statistics (a teacher),
+    including channels whose BatchNorm scale is negative."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 32, 32)
+    for rerouted in (True, False):
+        model = create_model("conv4", num_classes=5)
+        block = model.blocks[0]
+        with torch.no_grad():
+            block.bn.weight.copy_(torch.randn(block.bn.weight.shape))  # about half negative
+            block.bn.running_mean.normal_()
+            block.bn.running_var.uniform_(0.5, 2.0)
+        if rerouted:
+            torch.func.replace_all_batch_norm_modules_(model)
+            use_batch_stats_norm(model)
+        else:
+            model.eval()
+        assert (block.bn.weight < 0).any() and (block.bn.weight > 0).any()
+        with torch.no_grad():
+            assert norm_relu_maxpool(block.conv(x), block.bn, 2) is not None
+            torch.testing.assert_close(block(x), _plain_block(block, x), rtol=1e-5, atol=1e-5)
+        assert norm_relu_maxpool(block.conv(x), block.bn, 2) is None  # gradients wanted: plain layers
+
+
+def test_pooled_inference_shortcut_leaves_training_statistics_alone():
+    model = create_model("conv4", num_classes=5).train()
+    bn = model.blocks[0].bn
+    with torch.no_grad():
+        assert norm_relu_maxpool(torch.randn(4, 32, 8, 8), bn, 2) is None  # would skip the running-stat update
+        before = bn.running_mean.clone()
+        model(torch.randn(4, 3, 32, 32))
+    assert not torch.equal(before, bn.running_mean)
+
+
+def test_pooled_inference_shortcut_keeps_forward_hooks_firing():
+    # ICFIL and DeepInversion-style code read BN inputs through hooks; a bypassed
+    # BatchNorm would silently skip them.
+    model = create_model("conv4", num_classes=5).eval()
+    seen = []
+    handle = model.blocks[0].bn.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    handle.remove()
+    assert seen == [torch.Size([2, 32, 32, 32])]
