@@ -71,7 +71,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
-        pooled = norm_relu_maxpool(x, self.bn, 2, (self.act, self.pool))  # inference shortcut
+        pooled = norm_relu_maxpool(x, self.bn, 2, (self.act, self.pool))  # same math, less memory traffic
         return pooled if pooled is not None else self.pool(self.act(self.bn(x)))
 
 

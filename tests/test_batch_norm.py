@@ -61,7 +61,7 @@ def _plain_block(block, x):
     return block.pool(block.act(block.bn(block.conv(x))))
 
 
-def test_pooled_inference_shortcut_matches_the_plain_block():
+def test_pooled_shortcut_matches_the_plain_block():
     """Conv4's norm-ReLU-pool on the pooled map gives the plain layers' numbers,
     for batch statistics (MAML's meta-model) and running statistics (a teacher),
     including channels whose BatchNorm scale is negative."""
@@ -83,10 +83,38 @@ def test_pooled_inference_shortcut_matches_the_plain_block():
         with torch.no_grad():
             assert norm_relu_maxpool(block.conv(x), block.bn, 2) is not None
             torch.testing.assert_close(block(x), _plain_block(block, x), rtol=1e-5, atol=1e-5)
-        assert norm_relu_maxpool(block.conv(x), block.bn, 2) is None  # gradients wanted: plain layers
 
 
-def test_pooled_inference_shortcut_leaves_training_statistics_alone():
+def test_pooled_shortcut_gives_the_plain_second_order_meta_gradient(monkeypatch):
+    """MAML's meta step through the shortcut: the same meta-gradient and the same
+    gradients into the support and query images (float64), negative BN scales included."""
+    import purer_plugins.architectures as architectures
+
+    g = torch.Generator().manual_seed(3)
+    support = torch.randn(2, 10, 3, 32, 32, generator=g, dtype=torch.double, requires_grad=True)
+    query = torch.randn(2, 15, 3, 32, 32, generator=g, dtype=torch.double, requires_grad=True)
+    episodes = EpisodeBatch(support, torch.arange(5).repeat_interleave(2).expand(2, -1),
+                            query, torch.arange(5).repeat_interleave(3).expand(2, -1), classes=None)
+    grads = []
+    for shortcut in (True, False):
+        if not shortcut:
+            monkeypatch.setattr(architectures, "norm_relu_maxpool", lambda *args: None)
+        torch.manual_seed(0)
+        meta = MAML(MAMLOptions())
+        meta.setup(create_model("conv4", num_classes=5).double(), torch.device("cpu"))
+        with torch.no_grad():
+            for block in meta.model.blocks:
+                block.bn.weight.copy_(torch.randn(block.bn.weight.shape, dtype=torch.double))
+        support.grad = query.grad = None
+        loss, _ = meta.outer_loss(episodes, create_graph=True)
+        loss.backward()
+        grads.append({"support": support.grad, "query": query.grad,
+                      **{n: p.grad for n, p in meta.model.named_parameters() if "conv.bias" not in n}})
+    for name, reference in grads[1].items():  # conv biases before BN: zero in theory, float noise here
+        torch.testing.assert_close(grads[0][name], reference, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_pooled_shortcut_leaves_training_statistics_alone():
     model = create_model("conv4", num_classes=5).train()
     bn = model.blocks[0].bn
     with torch.no_grad():
@@ -96,7 +124,16 @@ def test_pooled_inference_shortcut_leaves_training_statistics_alone():
     assert not torch.equal(before, bn.running_mean)
 
 
-def test_pooled_inference_shortcut_keeps_forward_hooks_firing():
+def test_pooled_shortcut_keeps_pytorchs_batch_norm_under_autograd():
+    # MAML's native_batch_norm option compares with PyTorch's own double backward.
+    native = create_model("conv4", num_classes=5)
+    torch.func.replace_all_batch_norm_modules_(native)  # batch statistics, PyTorch's kernels
+    assert norm_relu_maxpool(torch.randn(4, 32, 8, 8), native.blocks[0].bn, 2) is None
+    with torch.no_grad():
+        assert norm_relu_maxpool(torch.randn(4, 32, 8, 8), native.blocks[0].bn, 2) is not None
+
+
+def test_pooled_shortcut_keeps_forward_hooks_firing():
     # ICFIL and DeepInversion-style code read BN inputs through hooks; a bypassed
     # BatchNorm would silently skip them.
     model = create_model("conv4", num_classes=5).eval()
