@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
-from purer.losses import batch_moments, per_channel
+from purer.losses import batch_moments, moments_and_max_pool, per_channel
 
 
 class _BatchStatsNorm(torch.autograd.Function):
@@ -116,13 +116,11 @@ def norm_relu_maxpool(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, kernel: 
             or _hooked(norm, *bypassed):
         return None
     if source == "batch":
-        mean, var = batch_moments(x) if torch.is_grad_enabled() else \
-            torch.batch_norm_update_stats(x, None, None, 0.0)
+        mean, var, pooled = moments_and_max_pool(x, kernel)
     else:
-        mean, var = norm.running_mean, norm.running_var
+        mean, var, pooled = norm.running_mean, norm.running_var, F.max_pool2d(x, kernel)
     scale = norm.weight * torch.rsqrt(var + norm.eps)
     shift = norm.bias - mean * scale
-    pooled = F.max_pool2d(x, kernel)
     negative = scale < 0
     if bool(negative.any()):
         pooled = torch.where(per_channel(negative, x.dim()), -F.max_pool2d(-x, kernel), pooled)

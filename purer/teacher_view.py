@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.func import functional_call
 
-from purer.losses import batch_moments, per_channel
+from purer.losses import batch_moments, moments_and_max_pool, per_channel
 
 Stats = list[tuple[Tensor, Tensor, Tensor, Tensor]]  # (mean, var, running_mean, running_var) per BN
 
@@ -91,15 +91,35 @@ class _Tap(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         if self.sink.stats is not None:
-            mean, var = _moments(y)
-            if self.folded:
-                mean = (mean - self.shift) / self.scale
-                var = var / (self.scale * self.scale)
-            self.sink.stats.append((mean, var, self.running_mean, self.running_var))
+            self.record(*_moments(y))
         if self.folded:
             return y
         return torch.addcmul(per_channel(self.shift, y.dim()).to(y.dtype), y,
                              per_channel(self.scale, y.dim()).to(y.dtype))
+
+    def record(self, mean: Tensor, var: Tensor) -> None:
+        """Put the moments of this tap's input into the sink (of the BN input, when folded)."""
+        if self.folded:
+            mean = (mean - self.shift) / self.scale
+            var = var / (self.scale * self.scale)
+        self.sink.stats.append((mean, var, self.running_mean, self.running_var))
+
+
+class _TapPool(nn.Module):
+    """A folded :class:`_Tap` and the max-pool it feeds, as one step: the
+    moments and the pool come from :func:`purer.losses.moments_and_max_pool`,
+    whose backward writes the map-sized gradient once instead of three times."""
+
+    def __init__(self, tap: _Tap, kernel: int) -> None:
+        super().__init__()
+        self.tap, self.kernel = tap, kernel
+
+    def forward(self, y: Tensor) -> Tensor:
+        if self.tap.sink.stats is None or y.dtype not in (torch.float32, torch.float64):
+            return F.max_pool2d(self.tap(y), self.kernel)
+        mean, var, pooled = moments_and_max_pool(y, self.kernel)
+        self.tap.record(mean, var)
+        return pooled
 
 
 class FoldedTeacher(nn.Module):
@@ -213,6 +233,7 @@ def fold_teacher(model: nn.Module, bn_layers: list[nn.Module],
     if len(seen) != len(bn_layers):
         return None
     _move_relus_after_pools(traced)
+    _fuse_taps_with_pools(traced)
     _out_of_place(traced)
     graph.lint()
     traced.recompile()
@@ -303,6 +324,41 @@ def _is_max_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return type(pool) is nn.MaxPool2d and not pool.return_indices
     return (node.op == "call_function" and node.target is F.max_pool2d
             and not node.kwargs.get("return_indices", False) and len(node.args) < 7)
+
+
+def _fuse_taps_with_pools(traced: fx.GraphModule) -> None:
+    """``pool(tap(y))`` -> ``tap_pool(y)`` where a folded tap feeds only a plain
+    ``kernel x kernel`` max-pool of stride ``kernel`` (Conv4, after the ReLUs moved)."""
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        tap = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(tap, _Tap) or not tap.folded or len(node.users) != 1:
+            continue
+        pool = next(iter(node.users))
+        kernel = _plain_pool_kernel(pool, modules)
+        if kernel is None or pool.args[0] is not node or len(pool.args) > 1 or pool.kwargs:
+            continue
+        name = f"{node.target}_pool"
+        traced.add_submodule(name, _TapPool(tap, kernel))
+        with traced.graph.inserting_after(pool):
+            fused = traced.graph.call_module(name, (node.args[0],))
+        pool.replace_all_uses_with(fused)
+        traced.graph.erase_node(pool)
+        traced.graph.erase_node(node)
+        traced.delete_submodule(node.target)
+
+
+def _plain_pool_kernel(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """The kernel of an ``nn.MaxPool2d(k)`` call (stride k, no padding, dilation
+    or ceil mode), else ``None``."""
+    pool = modules.get(node.target) if node.op == "call_module" else None
+    if type(pool) is not nn.MaxPool2d or pool.return_indices or pool.ceil_mode:
+        return None
+    kernel, stride = pool.kernel_size, pool.stride
+    if not isinstance(kernel, int) or stride not in (kernel, (kernel, kernel)) \
+            or pool.padding not in (0, (0, 0)) or pool.dilation not in (1, (1, 1)):
+        return None
+    return kernel
 
 
 def _move_relus_after_pools(traced: fx.GraphModule) -> None:

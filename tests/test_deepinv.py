@@ -2,12 +2,19 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from purer_plugins.deepinv import DeepInversion, DeepInvOptions
 from purer_plugins.maml import MAML
 from torch import nn
 
 from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
-from purer.losses import batch_moments, bn_statistics, l2_prior, total_variation
+from purer.losses import (
+    batch_moments,
+    bn_statistics,
+    l2_prior,
+    moments_and_max_pool,
+    total_variation,
+)
 from purer.types import InputSpace, Teacher, find_bn_layers
 
 SPACE = InputSpace(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -90,6 +97,30 @@ def test_batch_moments_match_var_mean_with_gradients(shape, channels_last):
     assert torch.allclose(got, expected)
     assert torch.autograd.gradcheck(lambda t: batch_moments(t), (x,))
     assert torch.autograd.gradgradcheck(lambda t: batch_moments(t), (x,))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_moments_and_max_pool_match_the_separate_ops_through_second_order(channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 6, 6, dtype=torch.double) * 2 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weights = torch.randn(2, 4, dtype=torch.double)
+
+    def loss(mean, var, pooled):
+        return (weights[0] * mean).sum() + (weights[1] * var).sum() + (pooled ** 3).sum()
+
+    fused = moments_and_max_pool(x, 2)
+    apart = (*batch_moments(x), F.max_pool2d(x, 2))
+    for got, expected in zip(fused, apart):
+        torch.testing.assert_close(got, expected)
+    grads = [torch.autograd.grad(loss(*outs), x, create_graph=True)[0] for outs in (fused, apart)]
+    torch.testing.assert_close(grads[0], grads[1])
+    second = [torch.autograd.grad((g * g).sum(), x)[0] for g in grads]
+    torch.testing.assert_close(second[0], second[1])
+    assert torch.autograd.gradcheck(lambda t: moments_and_max_pool(t, 2), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: moments_and_max_pool(t, 2), (x,))
 
 
 def test_jitter_is_a_circular_shift_of_the_memory():
