@@ -37,6 +37,12 @@ def _moment_values(x: Tensor) -> tuple[Tensor, Tensor]:
         # first-block map. It accumulates in float (relative error about 1e-5
         # over 80 x 32 x 32 values), as BatchNorm itself does.
         return torch.batch_norm_update_stats(x, None, None, 0.0)
+    return summed_moments(x)
+
+
+def summed_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The moments as two sums (off the CPU, and the CPU's earlier path,
+    which benchmarks/bench_pooled.py compares with)."""
     dims = [d for d in range(x.dim()) if d != 1]
     count = x.numel() // x.shape[1]
     mean = x.sum(dim=dims) / count

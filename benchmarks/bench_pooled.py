@@ -1,0 +1,107 @@
+"""Side by side: CPU training step and evaluation with and without the
+memory-traffic shortcuts of Conv4's first blocks.
+
+The shortcuts (all the same math, only rounding differs):
+
+* moments from PyTorch's batch-norm statistics kernel instead of two sums
+  (``purer.losses._moment_values``);
+* a folded teacher's BN tap and the max-pool after it as one step with one
+  backward buffer (``purer.teacher_view._fuse_taps_with_pools``);
+* Conv4's BatchNorm-ReLU-max-pool computed on the pooled map
+  (``purer.batch_norm.norm_relu_maxpool``), in MAML's meta step and at
+  meta-test.
+
+Both variants live in one process and alternate step by step (evaluation:
+run by run), so the machine's drift hits both alike; the report gives each
+variant's median and the median of the per-pair ratios.
+
+    python benchmarks/bench_pooled.py --shot 1 --steps 40
+    python benchmarks/bench_pooled.py --shot 5 --steps 40 --eval-runs 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import purer_plugins.architectures as architectures
+import torch
+from bench_eval import learner
+from bench_step import build
+
+from purer import losses, teacher_view
+from purer.data import load_split
+from purer.data.episodes import make_task_list
+from purer.evaluation.evaluator import evaluate
+from purer.runtime import tune_allocator
+
+
+@contextlib.contextmanager
+def shortcuts(enabled: bool) -> Iterator[None]:
+    if enabled:
+        yield
+        return
+    with mock.patch.object(losses, "_moment_values", losses.summed_moments), \
+            mock.patch.object(teacher_view, "_fuse_taps_with_pools", lambda traced: None), \
+            mock.patch.object(architectures, "norm_relu_maxpool", lambda *args: None):
+        yield
+
+
+def summary(times: dict[bool, list[float]]) -> dict:
+    ratios = [on / off for on, off in zip(times[True], times[False])]
+    return {"median_on_s": statistics.median(times[True]), "median_off_s": statistics.median(times[False]),
+            "median_ratio_on_over_off": statistics.median(ratios), "pairs": len(ratios)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=40, help="measured steps per variant (0: skip)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--eval-runs", type=int, default=3, help="600-task evaluations per variant (0: skip)")
+    parser.add_argument("--root", default="../shared/data/cifar-fs")
+    args = parser.parse_args()
+    tune_allocator()
+    report: dict = {"threads": torch.get_num_threads(), "shot": args.shot}
+    if args.steps:
+        step_args = argparse.Namespace(shot=args.shot, cuda_graph="off", precision="fp32", compile=False,
+                                       no_fold=False, batch_teachers="auto", zoo=None, arch=["conv4"],
+                                       first_order=False, native_batch_norm=False, batch_episodes="auto")
+        trainers = {}
+        for enabled in (False, True):
+            with shortcuts(enabled):
+                trainers[enabled] = build(step_args, torch.device("cpu"))
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for step in range(1, args.warmup + args.steps + 1):
+            for enabled in (False, True):
+                with shortcuts(enabled):
+                    start = time.perf_counter()
+                    trainers[enabled].outer_step(step)
+                    if step > args.warmup:
+                        times[enabled].append(time.perf_counter() - start)
+        report["step"] = summary(times)
+        print(json.dumps(report["step"]), flush=True)
+    if args.eval_runs and Path(args.root).is_dir():
+        split = load_split("cifar-fs", "meta_test", args.root)
+        tasks = make_task_list(split, 5, 1, 15, 600, seed=2023)
+        meta = learner("loop")
+        times, accuracy = {False: [], True: []}, {}
+        for _ in range(args.eval_runs):
+            for enabled in (False, True):
+                with shortcuts(enabled):
+                    result = evaluate(meta, tasks, split, "cpu", batch_tasks=50)
+                times[enabled].append(result.seconds)
+                accuracy[enabled] = result.accuracy
+        report["eval"] = {**summary(times), "accuracy_on": accuracy[True], "accuracy_off": accuracy[False]}
+        print(json.dumps(report["eval"]), flush=True)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
