@@ -33,6 +33,7 @@ from unittest import mock
 import purer_plugins.architectures as architectures
 import torch
 from bench_eval import learner
+from bench_step import arguments as step_arguments
 from bench_step import build
 
 from purer import losses, teacher_view
@@ -70,9 +71,8 @@ def main() -> None:
     tune_allocator()
     report: dict = {"threads": torch.get_num_threads(), "shot": args.shot}
     if args.steps:
-        step_args = argparse.Namespace(shot=args.shot, cuda_graph="off", precision="fp32", compile=False,
-                                       no_fold=False, batch_teachers="auto", zoo=None, arch=["conv4"],
-                                       first_order=False, native_batch_norm=False, batch_episodes="auto")
+        step_args = step_arguments().parse_args(["--shot", str(args.shot), "--arch", "conv4",
+                                                  "--device", "cpu"])
         trainers = {}
         for enabled in (False, True):
             with shortcuts(enabled):

@@ -88,7 +88,8 @@ def time_steps(trainer: ECITrainer, steps: int, warmup: int) -> tuple[list[float
     return times, fired
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line; benchmarks/bench_pooled.py builds its trainers from it too."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shot", type=int, default=1)
     parser.add_argument("--steps", type=int, default=60)
@@ -110,7 +111,11 @@ def main() -> None:
                         help="train.cuda_graph (auto: on for CUDA, as in `purer run`)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the numbers here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     tune_allocator()  # see purer/runtime.py; PURER_MALLOC_TUNING=0 measures without it
     strict_fp32()  # fp32 convolutions without TF32 on GPUs (purer/runtime.py)
     args.arch = args.arch or ["conv4"]

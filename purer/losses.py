@@ -41,8 +41,8 @@ def _moment_values(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def summed_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The moments as two sums (off the CPU, and the CPU's earlier path,
-    which benchmarks/bench_pooled.py compares with)."""
+    """The moments as two sums of plain, differentiable ops: off the CPU, under
+    functorch transforms, and the CPU's earlier path (benchmarks/bench_pooled.py)."""
     dims = [d for d in range(x.dim()) if d != 1]
     count = x.numel() // x.shape[1]
     mean = x.sum(dim=dims) / count
@@ -119,10 +119,7 @@ def batch_moments(features: Tensor) -> tuple[Tensor, Tensor]:
     for eager CPU speed and has no batching rule.
     """
     if torch._C._are_functorch_transforms_active():
-        dims = [d for d in range(features.dim()) if d != 1]
-        mean = features.mean(dim=dims)
-        centred = features - per_channel(mean, features.dim())
-        return mean, (centred * centred).mean(dim=dims)
+        return summed_moments(features)
     return _BatchMoments.apply(features)
 
 
