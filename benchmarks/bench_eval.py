@@ -36,9 +36,9 @@ from purer.plugins import get_host
 from purer.runtime import strict_fp32, tune_allocator
 
 
-def learner(batching: str, device: str = "cpu"):
+def learner(batching: str, device: str = "cpu", cpu_workers: str = "auto"):
     torch.manual_seed(0)
-    meta = get_host().create("meta_learner", "maml", {"test_batching": batching})
+    meta = get_host().create("meta_learner", "maml", {"test_batching": batching, "cpu_workers": cpu_workers})
     meta.setup(create_model("conv4", num_classes=5), torch.device(device))
     return meta
 

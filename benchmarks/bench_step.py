@@ -52,7 +52,8 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
                                                       args.cuda_graph, args.cuda_graph)},
                        inverter={"name": "deepinv", "precision": args.precision,
                                  "compile": args.compile, "fold_batch_norm": not args.no_fold,
-                                 "batch_teachers": args.batch_teachers},
+                                 "batch_teachers": args.batch_teachers,
+                                 "cpu_workers": args.cpu_workers},
                        curriculum={"name": "gradient-switch", "start": 0})
     host = get_host()
     if args.zoo:
@@ -62,7 +63,8 @@ def build(args: argparse.Namespace, device: torch.device) -> ECITrainer:
         teachers = random_teachers(args.arch, device)
     meta = host.create("meta_learner", "maml", {"first_order": args.first_order,
                                                  "native_batch_norm": args.native_batch_norm,
-                                                 "batch_episodes": args.batch_episodes})
+                                                 "batch_episodes": args.batch_episodes,
+                                                 "cpu_workers": args.cpu_workers})
     meta.setup(create_model("conv4", num_classes=5), device)
     inverter = host.create("inverter", "deepinv", config.inverter.options)
     generator = torch.Generator().manual_seed(0)
@@ -107,6 +109,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="inverter.batch_teachers (auto: on for GPUs)")
     parser.add_argument("--batch-episodes", choices=["auto", "vmap", "loop"], default="auto",
                         help="meta.batch_episodes (auto: vmap on GPUs)")
+    parser.add_argument("--cpu-workers", default="auto",
+                        help="inverter.cpu_workers and meta.cpu_workers (auto: one per torch thread on CPU)")
     parser.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto",
                         help="train.cuda_graph (auto: on for CUDA, as in `purer run`)")
     parser.add_argument("--device", default="auto")
@@ -128,6 +132,7 @@ def main() -> None:
     result = {"shot": args.shot, "archs": args.arch, "precision": args.precision, "compile": args.compile,
               "native_batch_norm": args.native_batch_norm, "fold_batch_norm": not args.no_fold,
               "batch_teachers": args.batch_teachers, "batch_episodes": args.batch_episodes,
+              "cpu_workers": args.cpu_workers,
               "cuda_graph": args.cuda_graph,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

@@ -30,7 +30,8 @@ import purer
 from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import InversionContext, InversionTerm, Inverter, Options
 from purer.losses import bn_statistics, l2_prior, total_variation
-from purer.teacher_view import FoldedTeacher, teacher_view
+from purer.parallel import WorkerPool, resolve_workers
+from purer.teacher_view import FoldedTeacher, teacher_view, worker_views
 from purer.types import ClassBank, InputSpace, Teacher
 
 DEFAULT_TERMS = {"ce": 1.0, "tv": 1e-4, "l2": 1e-5, "bn": 0.01}
@@ -97,6 +98,10 @@ class DeepInvOptions(Options):
         "auto", description="run folded teachers of one architecture and class count together under "
                             "torch.func.vmap (auto: on for GPUs; on CPU the grouped convolutions it "
                             "becomes are slower than one teacher at a time)")
+    cpu_workers: int | Literal["auto"] = Field(
+        "auto", description="threads that differentiate teachers side by side on a CPU, one intra-op "
+                            "thread each (auto: one per torch thread; 1: one teacher at a time on all "
+                            "threads). Needs folded teachers; off under compile and on GPUs")
 
     @field_validator("terms")
     @classmethod
@@ -156,6 +161,17 @@ class DeepInversion(Inverter):
                       for t in self.teachers]
         batch = self.options.batch_teachers
         self.groups = self._group_teachers(batch == "on" or (batch == "auto" and device.type == "cuda"))
+        self.pool, self.worker_views = self._workers(device)
+
+    def _workers(self, device: torch.device) -> tuple[WorkerPool, list[list]]:
+        """The thread pool of :meth:`step` and each worker's own teacher views
+        (see ``purer.parallel``); one worker when the views cannot be copied
+        (hooked teachers) or the loss is compiled."""
+        workers = 1 if self.options.compile else resolve_workers(self.options.cpu_workers, device)
+        copies = [worker_views(self.views) for _ in range(workers - 1)]
+        if any(c is None for c in copies):
+            copies = []
+        return WorkerPool(len(copies) + 1), [self.views, *copies]
 
     def _group_teachers(self, batch: bool) -> list[_Group]:
         """Folded teachers that share a traced module and a memory shape form
@@ -187,17 +203,24 @@ class DeepInversion(Inverter):
                         ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
         """Per group (a teacher, or teachers batched together): its members,
         their summed weighted loss and detached term values, one group at a time."""
-        draws = draws if draws is not None else {k: v.to(self.device) for k, v in self.draw().items()}
-        pixels = draws["pixels"].split([t.space.size ** 2 for t in self.teachers])
+        pixels = self._pixels(draws)
         for group in self.groups:
-            if group.state is None:
-                k = group.members[0]
-                yield group.members, *self._loss_of("teacher", self.teachers[k], self.views[k],
-                                                    self.memory[k], pixels[k], self.targets[k])
-            else:
-                yield group.members, *self._loss_of(
-                    "group", group, torch.stack([self.memory[k] for k in group.members]),
-                    torch.stack([pixels[k] for k in group.members]))
+            yield group.members, *self._group_losses(group, pixels, self.views)
+
+    def _pixels(self, draws: dict[str, Tensor] | None) -> tuple[Tensor, ...]:
+        """Each teacher's jitter indices (drawn now when not given)."""
+        draws = draws if draws is not None else {k: v.to(self.device) for k, v in self.draw().items()}
+        return draws["pixels"].split([t.space.size ** 2 for t in self.teachers])
+
+    def _group_losses(self, group: _Group, pixels: Sequence[Tensor], views: Sequence[Callable]
+                      ) -> tuple[Tensor, Tensor]:
+        """One group's summed loss and term values, run with ``views``."""
+        if group.state is None:
+            k = group.members[0]
+            return self._loss_of("teacher", self.teachers[k], views[k], self.memory[k], pixels[k],
+                                 self.targets[k])
+        return self._loss_of("group", group, torch.stack([self.memory[k] for k in group.members]),
+                             torch.stack([pixels[k] for k in group.members]), views)
 
     def _loss_of(self, kind: str, *args) -> tuple[Tensor, Tensor]:
         """The compiled loss when ``compile`` is on; eager if compiling is impossible here."""
@@ -214,12 +237,13 @@ class DeepInversion(Inverter):
                 self._compiled = None
         return (self._teacher_loss if kind == "teacher" else self._group_loss)(*args)
 
-    def _group_loss(self, group: _Group, images: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    def _group_loss(self, group: _Group, images: Tensor, pixels: Tensor, views: Sequence[Callable]
+                    ) -> tuple[Tensor, Tensor]:
         """The summed loss of a batched group: :meth:`_teacher_loss` under
         ``vmap`` over the members' stacked tensors, memory and jitter. The
         terms see the group's first teacher as ``ctx.teacher``."""
         first = group.members[0]
-        teacher, view, targets = self.teachers[first], self.views[first], self.targets[first]
+        teacher, view, targets = self.teachers[first], views[first], self.targets[first]
 
         def one(state: dict[str, Tensor], images: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
             return self._teacher_loss(teacher, partial(view.call, state), images, pixels, targets,
@@ -256,14 +280,22 @@ class DeepInversion(Inverter):
         sum: the same gradient (teacher k's loss reaches only its own memory),
         but only one group's activations are alive at a time (the SH step's
         peak memory went from 4.0 to 1.9 GB with one teacher at a time).
+        On a CPU the groups are spread over ``cpu_workers`` threads, one group
+        alive per thread; the sums below keep the teachers' order.
         """
+        pixels = self._pixels(draws)
+
+        def differentiate(worker: int, group: _Group) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+            loss, values = self._group_losses(group, pixels, self.worker_views[worker])
+            return torch.autograd.grad(loss, [self.memory[k] for k in group.members]), loss.detach(), values
+
         grads: list[Tensor] = [None] * len(self.memory)  # type: ignore[list-item]
         total = torch.zeros((), device=self.device)
         parts = torch.zeros(len(self.terms), device=self.device)
-        for members, loss, values in self._teacher_losses(draws):
-            for k, g in zip(members, torch.autograd.grad(loss, [self.memory[k] for k in members])):
+        for group, (group_grads, loss, values) in zip(self.groups, self.pool.map(differentiate, self.groups)):
+            for k, g in zip(group.members, group_grads):
                 grads[k] = g
-            total, parts = total + loss.detach(), parts + values
+            total, parts = total + loss, parts + values
         if extra_loss is not None:
             for g, extra in zip(grads, torch.autograd.grad(extra_loss, self.memory, allow_unused=True)):
                 if extra is not None:

@@ -12,6 +12,7 @@ statistics of the batch it sees (support, then query), also at test time.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -21,9 +22,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 import purer
-from purer.batch_norm import use_batch_stats_norm
+from purer.batch_norm import hooked, use_batch_stats_norm
 from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import MetaLearner, Options, Params
+from purer.parallel import WorkerPool, resolve_workers
 from purer.types import EpisodeBatch, OuterMetrics
 
 
@@ -45,6 +47,10 @@ class MAMLOptions(Options):
                                                        "double backward (slower on CPU; for comparison)")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="keep the meta-model's weights channels-last (auto: on for CPU)")
+    cpu_workers: int | Literal["auto"] = Field(
+        "auto", description="threads that run a meta step's episodes, and meta-test tasks, side by "
+                            "side on a CPU, one intra-op thread each (auto: one per torch thread; 1: "
+                            "one at a time on all threads); the loop paths only")
 
     @model_validator(mode="after")
     def _vmap_needs_own_batch_norm(self) -> MAMLOptions:
@@ -72,22 +78,31 @@ class MAML(MetaLearner):
         self.model.train(self.options.batch_stats)
         self.device = device
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.options.outer_lr)
+        workers = resolve_workers(self.options.cpu_workers, device)
+        self.pool = WorkerPool(workers)
+        # functional_call edits the module it runs for the call's duration, so
+        # each worker thread runs its own copy and self.model stays untouched
+        # while they run (its parameters are passed in, its buffers copied over).
+        self.replicas = [copy.deepcopy(self.model) for _ in range(workers)] if workers > 1 else []
 
     # ----------------------------------------------------------------- inner loop
     def params(self) -> Params:
         return dict(self.model.named_parameters())
 
-    def predict(self, params: Params, images: Tensor) -> Tensor:
-        return functional_call(self.model, params, (images,))
+    def predict(self, params: Params, images: Tensor, worker: int | None = None) -> Tensor:
+        """Logits of ``images`` under ``params``; ``worker`` picks the module
+        copy of a :class:`~purer.parallel.WorkerPool` thread."""
+        model = self.model if worker is None else self.replicas[worker]
+        return functional_call(model, params, (images,))
 
     def adapt(self, support: Tensor, labels: Tensor, *, create_graph: bool,
               params: Params | None = None, steps: int | None = None,
-              lr: float | None = None) -> Params:
+              lr: float | None = None, worker: int | None = None) -> Params:
         params = self.params() if params is None else params
         steps = self.options.inner_steps if steps is None else steps
         lr = self.options.inner_lr if lr is None else lr
         for _ in range(steps):
-            loss = F.cross_entropy(self.predict(params, support), labels)
+            loss = F.cross_entropy(self.predict(params, support, worker), labels)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
             params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
         return params
@@ -99,12 +114,18 @@ class MAML(MetaLearner):
             return self._outer_loss_vmap(episodes, second_order)
         total, correct = 0.0, 0.0
         for e in range(episodes.num_episodes):
-            adapted = self.adapt(episodes.support[e], episodes.support_labels[e],
-                                 create_graph=second_order)
-            logits = self.predict(adapted, episodes.query[e])
-            total = total + F.cross_entropy(logits, episodes.query_labels[e])
-            correct += (logits.argmax(-1) == episodes.query_labels[e]).float().mean().detach()
+            loss, accuracy = self._episode_loss(episodes, e, second_order)
+            total, correct = total + loss, correct + accuracy
         return total, torch.as_tensor(correct / episodes.num_episodes)
+
+    def _episode_loss(self, episodes: EpisodeBatch, e: int, second_order: bool,
+                      worker: int | None = None, params: Params | None = None) -> tuple[Tensor, Tensor]:
+        """Episode ``e``'s query loss after adaptation, and its query accuracy."""
+        adapted = self.adapt(episodes.support[e], episodes.support_labels[e],
+                             create_graph=second_order, params=params, worker=worker)
+        logits = self.predict(adapted, episodes.query[e], worker)
+        accuracy = (logits.argmax(-1) == episodes.query_labels[e]).float().mean().detach()
+        return F.cross_entropy(logits, episodes.query_labels[e]), accuracy
 
     def _outer_loss_vmap(self, episodes: EpisodeBatch, second_order: bool) -> tuple[Tensor, Tensor]:
         """The same sum over episodes, all adapted at once: the inner step is
@@ -137,12 +158,47 @@ class MAML(MetaLearner):
     def _batched(strategy: str, like: Tensor) -> bool:
         return strategy == "vmap" or (strategy == "auto" and like.device.type != "cpu")
 
+    def _threaded(self, like: Tensor) -> bool:
+        """Whether the loop over episodes or tasks runs on the worker pool:
+        not under hooks on the model, which its copies would not fire."""
+        return self.pool.workers > 1 and like.device.type == "cpu" and not _has_hooks(self.model)
+
+    def _sync_replicas(self) -> None:
+        """Give the workers' copies self.model's current buffers (a loaded
+        checkpoint's running statistics, say) before they run."""
+        buffers = dict(self.model.named_buffers())
+        with torch.no_grad():
+            for replica in self.replicas:
+                for name, buffer in replica.named_buffers():
+                    buffer.copy_(buffers[name])
+
     def meta_step(self, episodes: EpisodeBatch) -> OuterMetrics:
         self.optimizer.zero_grad(set_to_none=True)
-        loss, accuracy = self.outer_loss(episodes, create_graph=True)
-        loss.backward()
+        if (self._threaded(episodes.support) and not self.options.native_batch_norm
+                and not self._batched(self.options.batch_episodes, episodes.support)):
+            loss, accuracy = self._threaded_backward(episodes)
+        else:
+            loss, accuracy = self.outer_loss(episodes, create_graph=True)
+            loss.backward()
         self.optimizer.step()
         return OuterMetrics(loss=loss.detach(), accuracy=accuracy)
+
+    def _threaded_backward(self, episodes: EpisodeBatch) -> tuple[Tensor, Tensor]:
+        """``outer_loss(...).backward()`` with each episode differentiated on
+        its own worker thread; gradients summed in episode order."""
+        second_order = not self.options.first_order
+        params = self.params()  # read here: a worker must never read self.model's attributes
+        self._sync_replicas()
+
+        def differentiate(worker: int, e: int) -> tuple[tuple[Tensor | None, ...], Tensor, Tensor]:
+            loss, accuracy = self._episode_loss(episodes, e, second_order, worker, params)
+            return torch.autograd.grad(loss, list(params.values()), allow_unused=True), loss.detach(), accuracy
+
+        results = self.pool.map(differentiate, range(episodes.num_episodes))
+        for k, param in enumerate(params.values()):
+            grads = [r[0][k] for r in results if r[0][k] is not None]
+            param.grad = sum(grads[1:], grads[0].clone()) if grads else None
+        return sum(r[1] for r in results), sum(r[2] for r in results) / episodes.num_episodes
 
     def prepare_cuda_graph(self) -> None:
         make_capturable(self.optimizer)
@@ -153,16 +209,19 @@ class MAML(MetaLearner):
         lr = self.options.test_inner_lr or self.options.inner_lr
         base = {k: v.detach() for k, v in self.params().items()}
         if not self._batched(self.options.test_batching, support):
-            outs = []
-            for t in range(support.shape[0]):
-                params = {k: v.requires_grad_() for k, v in
-                          ((k, v.clone()) for k, v in base.items())}
+            def one_task(worker: int | None, t: int) -> Tensor:
+                params = {k: v.clone().requires_grad_() for k, v in base.items()}
                 with torch.enable_grad():
                     adapted = self.adapt(support[t], support_labels[t], create_graph=False,
-                                         params=params, steps=steps, lr=lr)
+                                         params=params, steps=steps, lr=lr, worker=worker)
                 with torch.no_grad():
-                    outs.append(self.predict({k: v.detach() for k, v in adapted.items()}, query[t]))
-            return torch.stack(outs)
+                    return self.predict({k: v.detach() for k, v in adapted.items()}, query[t], worker)
+
+            tasks = range(support.shape[0])
+            if self._threaded(support):
+                self._sync_replicas()
+                return torch.stack(self.pool.map(one_task, tasks))
+            return torch.stack([one_task(None, t) for t in tasks])
 
         def one_task(params: Params, xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
             return functional_call(self.model, self._adapt_functional(params, xs, ys, steps, lr), (xq,))
@@ -177,6 +236,12 @@ class MAML(MetaLearner):
         self.model.load_state_dict(state["model"])
         if "optimizer" in state:
             load_optimizer_state(self.optimizer, state["optimizer"])
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    """Module hooks anywhere in ``model`` (a worker's copy would not run them)."""
+    modules = list(model.modules())
+    return hooked(*modules) or any(m._backward_hooks or m._backward_pre_hooks for m in modules)
 
 
 @purer.hookimpl

@@ -113,7 +113,7 @@ def norm_relu_maxpool(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, kernel: 
         return None
     source = _statistics_source(norm, torch.is_grad_enabled())
     if source is None or x.device.type != "cpu" or torch._C._are_functorch_transforms_active() \
-            or _hooked(norm, *bypassed):
+            or hooked(norm, *bypassed):
         return None
     if source == "batch":
         mean, var, pooled = moments_and_max_pool(x, kernel)
@@ -138,7 +138,7 @@ def _statistics_source(norm: nn.modules.batchnorm._BatchNorm, grad: bool) -> str
     return "running"
 
 
-def _hooked(*modules: nn.Module) -> bool:
+def hooked(*modules: nn.Module) -> bool:
     """True when running ``modules`` by hand would skip a forward hook."""
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True

@@ -22,7 +22,7 @@ falls back to hooks otherwise, so any timm model still works.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,29 @@ class FoldedTeacher(nn.Module):
         ``vmap`` the stacked tensors of several teachers of this architecture)."""
         return _run_recording(lambda inputs: functional_call(self.graph_module, state, (inputs,)),
                               self.sink, x)
+
+
+def worker_views(views: Sequence[nn.Module]) -> list[nn.Module] | None:
+    """Views of the same teachers that another thread can run while ``views`` run.
+
+    A folded view runs its shared traced module through ``functional_call``,
+    which swaps the module's tensors in place for the call, and its taps
+    write into one sink: two threads on one template would mix teachers. The
+    copies get their own template (one per architecture, as in ``views``) and
+    keep each teacher's ``state``, so no teacher tensor is duplicated.
+    ``None`` when a view is hooked: its hooks sit on the teacher's own modules.
+    """
+    if not all(isinstance(view, FoldedTeacher) for view in views):
+        return None
+    templates: dict[int, tuple[fx.GraphModule, _Sink]] = {}
+    copies: list[nn.Module] = []
+    for view in views:
+        key = id(view.graph_module)
+        if key not in templates:
+            templates[key] = copy.deepcopy((view.graph_module, view.sink))
+        graph_module, sink = templates[key]
+        copies.append(FoldedTeacher(graph_module, sink, view.state))
+    return copies
 
 
 def _run_recording(model: Callable[[Tensor], Tensor], sink: _Sink, x: Tensor) -> tuple[Tensor, Stats]:

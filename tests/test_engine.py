@@ -99,9 +99,11 @@ def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo):
 
 def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, tiny_zoo):
     config = write_config(tmp_path, tiny_zoo, **{"train.steps": 24, "train.checkpoint_every": 4,
-                                                 "train.val_every": 6})
+                                                 "train.val_every": 6, "inverter.cpu_workers": 2,
+                                                 "meta.cpu_workers": 2})
     # every phase in a process of its own, as a user would run them
-    # (one intra-op thread: tiny models, and no slowdown when the machine is busy)
+    # (one intra-op thread: tiny models, and no slowdown when the machine is busy;
+    # teachers and episodes on two worker threads, as `auto` gives on a 2-core CPU)
     purer = [sys.executable, "-m", "purer.cli.main", "run", "--no-eval"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
              "env": {**os.environ, "OMP_NUM_THREADS": "1"}}

@@ -1,0 +1,121 @@
+"""Independent pieces of one step on several CPU threads, one intra-op thread each.
+
+Why: on a CPU the ops of purer's steps are small (a 32 px Conv4 over 80-100
+images), and splitting each op over both cores of a 2-core machine wastes
+part of them on fork/join and on halves too small to keep a core busy. The
+pieces of a step are independent, though: the 13 teachers' inversion losses,
+the 4 episodes of a MAML meta step, the 600 tasks of a meta-test. Run on two
+Python threads with one intra-op thread each (PyTorch releases the GIL inside
+its kernels and its autograd engine), the pieces used the cores better: on
+this project's 2-core VM the 13 teachers' forward and backward took 0.27 s
+against 0.31 s with one teacher at a time on two intra-op threads, and a
+second-order meta step 0.15 s against 0.20 s.
+
+Results stay deterministic: every piece runs on one intra-op thread, so its
+numbers do not depend on which worker ran it, and results come back in
+input order for the caller to combine in a fixed order. They differ from a
+run with two intra-op threads only by float rounding, as any change of
+thread count does.
+
+A piece must not share mutable Python state with another one running at the
+same time: a module called through ``torch.func.functional_call`` is edited
+in place for the call, so each worker gets its own copy of such a module
+(``worker`` is the index to pick it by).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar
+
+import torch
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+Workers = int | Literal["auto"]
+
+
+def resolve_workers(workers: Workers, device: torch.device) -> int:
+    """How many worker threads ``workers`` means on ``device`` (1: no pool).
+
+    ``auto`` is one worker per intra-op thread of the process on a CPU and 1
+    on accelerators, whose kernels are asynchronous launches (batching and
+    CUDA graphs are the tools there).
+    """
+    if device.type != "cpu":
+        return 1
+    return torch.get_num_threads() if workers == "auto" else max(1, int(workers))
+
+
+class WorkerPool:
+    """A fixed set of threads, each with one intra-op thread.
+
+    Threads start on the first :meth:`map` and stop with the process (or
+    :meth:`close`). A deep copy of an object holding a pool gets a fresh,
+    not yet started pool of the same size, so plugins that hold one can
+    still be copied.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"WorkerPool: workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._next_index = 0
+
+    def _start_worker(self) -> None:
+        torch.set_num_threads(1)
+        with self._lock:
+            self._local.index = self._next_index
+            self._next_index += 1
+
+    def _executor_started(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            caller_threads = torch.get_num_threads()
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="purer-worker",
+                                                initializer=self._start_worker)
+            # Start every thread now (each runs its initializer once), then
+            # restore the process-wide default that set_num_threads(1) moved,
+            # so threads created later elsewhere are not limited to one.
+            barrier = threading.Barrier(self.workers)
+            list(self._executor.map(lambda _: barrier.wait(), range(self.workers)))
+            torch.set_num_threads(caller_threads)
+        return self._executor
+
+    def map(self, fn: Callable[[int, Item], Result], items: Sequence[Item]) -> list[Result]:
+        """``[fn(worker, item) for item in items]``, the calls spread over the
+        workers; ``worker`` (``0 <= worker < workers``) says whose per-worker
+        resources the call may use. Grad mode and CPU autocast, which are
+        per thread in PyTorch, are carried into the workers."""
+        if self.workers == 1 or len(items) < 2:
+            return [fn(0, item) for item in items]
+        grad = torch.is_grad_enabled()
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu")
+
+        def run(item: Item) -> Result:
+            with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+                return fn(self._local.index, item)
+
+        return list(self._executor_started().map(run, items))
+
+    def close(self) -> None:
+        """Stop the threads (a later :meth:`map` starts new ones)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            self._next_index = 0
+
+    def __deepcopy__(self, memo: dict) -> WorkerPool:
+        return WorkerPool(self.workers)
+
+    def __getstate__(self) -> dict:
+        return {"workers": self.workers}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["workers"])
