@@ -39,14 +39,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--eval-runs", type=int, default=3, help="600-task evaluations per variant (0: skip)")
     parser.add_argument("--workers", default="auto", help="cpu_workers of the threaded variant")
+    parser.add_argument("--zoo", default=None, help="teachers from this zoo (default: random Conv4s)")
     parser.add_argument("--root", default="../shared/data/cifar-fs")
     args = parser.parse_args()
     VARIANTS[True] = args.workers
     tune_allocator()
     report: dict = {"threads": torch.get_num_threads(), "shot": args.shot, "workers": args.workers}
     if args.steps:
+        zoo = ["--zoo", args.zoo] if args.zoo else []
         trainers = {threaded: build(step_arguments().parse_args(
-            ["--shot", str(args.shot), "--arch", "conv4", "--device", "cpu", "--cpu-workers", workers]),
+            ["--shot", str(args.shot), "--arch", "conv4", "--device", "cpu", "--cpu-workers", workers, *zoo]),
             torch.device("cpu")) for threaded, workers in VARIANTS.items()}
         times: dict[bool, list[float]] = {False: [], True: []}
         for step in range(1, args.warmup + args.steps + 1):

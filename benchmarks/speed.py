@@ -76,12 +76,12 @@ def main() -> None:
     args = parser.parse_args()
     steps = str(20 if args.quick else args.steps)
     configs = [["--shot", "1"]] if args.quick else [
-        ["--shot", "1"], ["--shot", "1", "--no-fold"], ["--shot", "1", "--native-batch-norm"],
-        ["--shot", "1", "--compile"],
-        ["--shot", "1", "--precision", "bf16", "--compile"],
-        ["--shot", "5"], ["--shot", "5", "--no-fold"], ["--shot", "5", "--native-batch-norm"],
-        ["--shot", "5", "--compile"],
-        ["--shot", "5", "--precision", "bf16", "--compile"],
+        ["--shot", "1"], ["--shot", "1", "--cpu-workers", "1"], ["--shot", "1", "--no-fold"],
+        ["--shot", "1", "--native-batch-norm"], ["--shot", "1", "--compile"],
+        ["--shot", "1", "--precision", "bf16"], ["--shot", "1", "--precision", "bf16", "--compile"],
+        ["--shot", "5"], ["--shot", "5", "--cpu-workers", "1"], ["--shot", "5", "--no-fold"],
+        ["--shot", "5", "--native-batch-norm"], ["--shot", "5", "--compile"],
+        ["--shot", "5", "--precision", "bf16"], ["--shot", "5", "--precision", "bf16", "--compile"],
         ["--shot", "1", "--arch", "conv4", "--arch", "cifar_resnet10", "--arch", "cifar_resnet18"],
     ]
     step_rows = []
@@ -96,6 +96,7 @@ def main() -> None:
     for r in step_rows:
         extras = "".join(f" +{k}" for k in ("compile", "native_batch_norm") if r.get(k))
         extras += "".join(f" -{k}" for k in ("fold_batch_norm", "malloc_tuning") if not r.get(k, True))
+        extras += f" cpu_workers={r['cpu_workers']}" if r.get("cpu_workers", "auto") != "auto" else ""
         setting = f"{'+'.join(r['archs'])} {r['shot']}-shot {r['precision']}{extras} ({r['device']})"
         table.add_row("ECI outer step", setting, f"{r['median_s']:.3f} s",
                       f"{r['hours_60k']:.1f} h for 60k steps; peak RSS {r.get('peak_rss_mb', 0):.0f} MB")
