@@ -30,7 +30,7 @@ import purer
 from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import InversionContext, InversionTerm, Inverter, Options
 from purer.losses import bn_statistics, l2_prior, total_variation
-from purer.parallel import WorkerPool, resolve_workers
+from purer.parallel import WorkerPool, Workers, resolve_workers
 from purer.teacher_view import FoldedTeacher, teacher_view, worker_views
 from purer.types import ClassBank, InputSpace, Teacher
 
@@ -98,10 +98,10 @@ class DeepInvOptions(Options):
         "auto", description="run folded teachers of one architecture and class count together under "
                             "torch.func.vmap (auto: on for GPUs; on CPU the grouped convolutions it "
                             "becomes are slower than one teacher at a time)")
-    cpu_workers: int | Literal["auto"] = Field(
-        "auto", description="threads that differentiate teachers side by side on a CPU, one intra-op "
-                            "thread each (auto: one per torch thread; 1: one teacher at a time on all "
-                            "threads). Needs folded teachers; off under compile and on GPUs")
+    cpu_workers: Workers = Field(
+        "auto", description="threads that differentiate teachers side by side on a CPU, sharing the "
+                            "intra-op threads (auto: one per torch thread, at most 4; 1: one teacher at "
+                            "a time on all threads). Needs folded teachers; off under compile and on GPUs")
 
     @field_validator("terms")
     @classmethod

@@ -25,7 +25,7 @@ import purer
 from purer.batch_norm import hooked, use_batch_stats_norm
 from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import MetaLearner, Options, Params
-from purer.parallel import WorkerPool, resolve_workers
+from purer.parallel import WorkerPool, Workers, resolve_workers
 from purer.types import EpisodeBatch, OuterMetrics
 
 
@@ -47,10 +47,10 @@ class MAMLOptions(Options):
                                                        "double backward (slower on CPU; for comparison)")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="keep the meta-model's weights channels-last (auto: on for CPU)")
-    cpu_workers: int | Literal["auto"] = Field(
+    cpu_workers: Workers = Field(
         "auto", description="threads that run a meta step's episodes, and meta-test tasks, side by "
-                            "side on a CPU, one intra-op thread each (auto: one per torch thread; 1: "
-                            "one at a time on all threads); the loop paths only")
+                            "side on a CPU, sharing the intra-op threads (auto: one per torch thread, at "
+                            "most 4; 1: one at a time on all threads); the loop paths only")
 
     @model_validator(mode="after")
     def _vmap_needs_own_batch_norm(self) -> MAMLOptions:

@@ -28,30 +28,40 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import torch
+from pydantic import Field
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-Workers = int | Literal["auto"]
+# The type of a ``cpu_workers`` option: a count, or "auto".
+Workers = Annotated[int, Field(ge=1)] | Literal["auto"]
+
+# ``auto`` stops here: a meta step has 4 episodes, and on a bigger CPU each
+# worker is better off with several intra-op threads than idle.
+MAX_AUTO_WORKERS = 4
 
 
 def resolve_workers(workers: Workers, device: torch.device) -> int:
     """How many worker threads ``workers`` means on ``device`` (1: no pool).
 
-    ``auto`` is one worker per intra-op thread of the process on a CPU and 1
-    on accelerators, whose kernels are asynchronous launches (batching and
-    CUDA graphs are the tools there).
+    ``auto`` is one worker per intra-op thread of the process on a CPU, at
+    most :data:`MAX_AUTO_WORKERS`, and 1 on accelerators, whose kernels are
+    asynchronous launches (batching and CUDA graphs are the tools there).
     """
     if device.type != "cpu":
         return 1
-    return torch.get_num_threads() if workers == "auto" else max(1, int(workers))
+    if workers == "auto":
+        return min(torch.get_num_threads(), MAX_AUTO_WORKERS)
+    return max(1, int(workers))
 
 
 class WorkerPool:
-    """A fixed set of threads, each with one intra-op thread.
+    """A fixed set of threads sharing the process's intra-op threads: each
+    gets ``torch.get_num_threads() // workers`` (at least one), fixed when
+    the threads start.
 
     Threads start on the first :meth:`map` and stop with the process (or
     :meth:`close`). A deep copy of an object holding a pool gets a fresh,
@@ -68,8 +78,12 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._next_index = 0
 
-    def _start_worker(self) -> None:
-        torch.set_num_threads(1)
+    def _start_worker(self, threads: int) -> None:
+        # PyTorch sets a thread's count lazily, from the process-wide number,
+        # on its first parallel op; done now, so the count below sticks after
+        # the caller restores the process-wide number.
+        torch.get_num_threads()
+        torch.set_num_threads(threads)
         with self._lock:
             self._local.index = self._next_index
             self._next_index += 1
@@ -78,10 +92,11 @@ class WorkerPool:
         if self._executor is None:
             caller_threads = torch.get_num_threads()
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="purer-worker",
-                                                initializer=self._start_worker)
+                                                initializer=self._start_worker,
+                                                initargs=(max(1, caller_threads // self.workers),))
             # Start every thread now (each runs its initializer once), then
-            # restore the process-wide default that set_num_threads(1) moved,
-            # so threads created later elsewhere are not limited to one.
+            # restore the process-wide default that the workers' set_num_threads
+            # moved, so threads created later elsewhere keep the caller's count.
             barrier = threading.Barrier(self.workers)
             list(self._executor.map(lambda _: barrier.wait(), range(self.workers)))
             torch.set_num_threads(caller_threads)

@@ -68,10 +68,36 @@ def test_pool_raises_a_workers_error_and_copies_fresh():
         WorkerPool(0)
 
 
-def test_auto_is_one_worker_per_thread_on_cpu_and_none_elsewhere():
-    assert resolve_workers("auto", torch.device("cpu")) == torch.get_num_threads()
+def test_auto_is_one_worker_per_thread_up_to_four_on_cpu_and_none_elsewhere():
+    threads = torch.get_num_threads()
+    try:
+        for count, want in ((1, 1), (2, 2), (16, 4)):
+            torch.set_num_threads(count)
+            assert resolve_workers("auto", torch.device("cpu")) == want
+    finally:
+        torch.set_num_threads(threads)
     assert resolve_workers(3, torch.device("cpu")) == 3
     assert resolve_workers("auto", torch.device("meta")) == 1
+
+
+def test_workers_share_the_callers_intra_op_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert WorkerPool(2).map(lambda w, _: torch.get_num_threads(), range(2)) == [2, 2]
+        assert WorkerPool(3).map(lambda w, _: torch.get_num_threads(), range(3)) == [1, 1, 1]
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_zero_workers_is_a_config_error():
+    from purer.errors import ConfigError
+    from purer.plugins import get_host
+
+    for kind, name in (("inverter", "deepinv"), ("meta_learner", "maml")):
+        with pytest.raises(ConfigError, match="cpu_workers"):
+            get_host().create(kind, name, {"cpu_workers": 0}, kind)
 
 
 def test_inversion_on_two_workers_equals_one_at_a_time():
