@@ -1,4 +1,4 @@
-"""Independent pieces of one step on several CPU threads, one intra-op thread each.
+"""Independent pieces of one step on several CPU threads that share the intra-op threads.
 
 Why: on a CPU the ops of purer's steps are small (a 32 px Conv4 over 80-100
 images), and splitting each op over both cores of a 2-core machine wastes
@@ -11,11 +11,11 @@ this project's 2-core VM the 13 teachers' forward and backward took 0.27 s
 against 0.31 s with one teacher at a time on two intra-op threads, and a
 second-order meta step 0.15 s against 0.20 s.
 
-Results stay deterministic: every piece runs on one intra-op thread, so its
-numbers do not depend on which worker ran it, and results come back in
-input order for the caller to combine in a fixed order. They differ from a
-run with two intra-op threads only by float rounding, as any change of
-thread count does.
+Results stay deterministic: every worker has the same number of intra-op
+threads (one, on a 2-core CPU), so a piece's numbers do not depend on which
+worker ran it, and results come back in input order for the caller to
+combine in a fixed order. They differ from a run with all intra-op threads
+on one piece only by float rounding, as any change of thread count does.
 
 A piece must not share mutable Python state with another one running at the
 same time: a module called through ``torch.func.functional_call`` is edited
