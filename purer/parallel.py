@@ -58,6 +58,14 @@ def resolve_workers(workers: Workers, device: torch.device) -> int:
     return max(1, int(workers))
 
 
+def _cpu_autocast() -> tuple[bool, torch.dtype]:
+    """Whether CPU autocast is on in this thread, and its dtype (torch < 2.4
+    spells these per device type)."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+
+
 class WorkerPool:
     """A fixed set of threads sharing the process's intra-op threads: each
     gets ``torch.get_num_threads() // workers`` (at least one), fixed when
@@ -110,8 +118,7 @@ class WorkerPool:
         if self.workers == 1 or len(items) < 2:
             return [fn(0, item) for item in items]
         grad = torch.is_grad_enabled()
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu")
+        autocast, dtype = _cpu_autocast()
 
         def run(item: Item) -> Result:
             with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
