@@ -12,7 +12,6 @@ statistics of the batch it sees (support, then query), also at test time.
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
@@ -25,7 +24,7 @@ import purer
 from purer.batch_norm import hooked, use_batch_stats_norm
 from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import MetaLearner, Options, Params
-from purer.parallel import WorkerPool, Workers, resolve_workers
+from purer.parallel import WorkerPool, Workers, copy_sharing_tensors, resolve_workers
 from purer.types import EpisodeBatch, OuterMetrics
 
 
@@ -80,10 +79,12 @@ class MAML(MetaLearner):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.options.outer_lr)
         workers = resolve_workers(self.options.cpu_workers, device)
         self.pool = WorkerPool(workers)
-        # functional_call edits the module it runs for the call's duration, so
-        # each worker thread runs its own copy and self.model stays untouched
-        # while they run (its parameters are passed in, its buffers copied over).
-        self.replicas = [copy.deepcopy(self.model) for _ in range(workers)] if workers > 1 else []
+        # functional_call swaps a module's tensors for the length of a call, so
+        # each worker thread runs its own copy of the module tree and
+        # self.model stays untouched while they run. The copies hold the very
+        # same parameter and buffer tensors: no memory, nothing to keep in sync.
+        self.replicas = [copy_sharing_tensors(self.model, self.model) for _ in range(workers)] \
+            if workers > 1 else []
 
     # ----------------------------------------------------------------- inner loop
     def params(self) -> Params:
@@ -163,15 +164,6 @@ class MAML(MetaLearner):
         not under hooks on the model, which its copies would not fire."""
         return self.pool.workers > 1 and like.device.type == "cpu" and not _has_hooks(self.model)
 
-    def _sync_replicas(self) -> None:
-        """Give the workers' copies self.model's current buffers (a loaded
-        checkpoint's running statistics, say) before they run."""
-        buffers = dict(self.model.named_buffers())
-        with torch.no_grad():
-            for replica in self.replicas:
-                for name, buffer in replica.named_buffers():
-                    buffer.copy_(buffers[name])
-
     def meta_step(self, episodes: EpisodeBatch) -> OuterMetrics:
         self.optimizer.zero_grad(set_to_none=True)
         if (self._threaded(episodes.support) and not self.options.native_batch_norm
@@ -188,7 +180,6 @@ class MAML(MetaLearner):
         its own worker thread; gradients summed in episode order."""
         second_order = not self.options.first_order
         params = self.params()  # read here: a worker must never read self.model's attributes
-        self._sync_replicas()
 
         def differentiate(worker: int, e: int) -> tuple[tuple[Tensor | None, ...], Tensor, Tensor]:
             loss, accuracy = self._episode_loss(episodes, e, second_order, worker, params)
@@ -219,7 +210,6 @@ class MAML(MetaLearner):
 
             tasks = range(support.shape[0])
             if self._threaded(support):
-                self._sync_replicas()
                 return torch.stack(self.pool.map(one_task, tasks))
             return torch.stack([one_task(None, t) for t in tasks])
 

@@ -25,6 +25,7 @@ in place for the call, so each worker gets its own copy of such a module
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from typing import Annotated, Literal, TypeVar
 import torch
 from pydantic import Field
 
+T = TypeVar("T")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -56,6 +58,14 @@ def resolve_workers(workers: Workers, device: torch.device) -> int:
     if workers == "auto":
         return min(torch.get_num_threads(), MAX_AUTO_WORKERS)
     return max(1, int(workers))
+
+
+def copy_sharing_tensors(obj: T, module: torch.nn.Module) -> T:
+    """A deep copy of ``obj`` in which ``module``'s parameters and buffers are
+    the original tensors, not copies: a worker's own module tree to run
+    through ``functional_call``, at no memory cost."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(obj, tensors)
 
 
 def _cpu_autocast() -> tuple[bool, torch.dtype]:

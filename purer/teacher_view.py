@@ -30,6 +30,7 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 
 from purer.losses import batch_moments, moments_and_max_pool, per_channel
+from purer.parallel import copy_sharing_tensors
 
 Stats = list[tuple[Tensor, Tensor, Tensor, Tensor]]  # (mean, var, running_mean, running_var) per BN
 
@@ -155,7 +156,8 @@ def worker_views(views: Sequence[nn.Module]) -> list[nn.Module] | None:
     which swaps the module's tensors in place for the call, and its taps
     write into one sink: two threads on one template would mix teachers. The
     copies get their own template (one per architecture, as in ``views``) and
-    keep each teacher's ``state``, so no teacher tensor is duplicated.
+    keep each teacher's ``state``, so no teacher tensor is duplicated (the
+    templates' own tensors, never used, are shared with the originals).
     ``None`` when a view is hooked: its hooks sit on the teacher's own modules.
     """
     if not all(isinstance(view, FoldedTeacher) for view in views):
@@ -165,7 +167,7 @@ def worker_views(views: Sequence[nn.Module]) -> list[nn.Module] | None:
     for view in views:
         key = id(view.graph_module)
         if key not in templates:
-            templates[key] = copy.deepcopy((view.graph_module, view.sink))
+            templates[key] = copy_sharing_tensors((view.graph_module, view.sink), view.graph_module)
         graph_module, sink = templates[key]
         copies.append(FoldedTeacher(graph_module, sink, view.state))
     return copies

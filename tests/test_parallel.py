@@ -108,6 +108,8 @@ def test_inversion_on_two_workers_equals_one_at_a_time():
     # the second worker runs its own copy of the shared traced module, on the same teacher tensors
     assert threaded.worker_views[1][0].graph_module is not threaded.views[0].graph_module
     assert threaded.worker_views[1][0].state is threaded.views[0].state
+    assert all(a is b for a, b in zip(threaded.worker_views[1][0].graph_module.parameters(),
+                                      threaded.views[0].graph_module.parameters()))
     for _ in range(3):
         logged_alone, logged_threaded = alone.step(), threaded.step()
         assert all(torch.equal(logged_alone[k], logged_threaded[k]) for k in logged_alone)
@@ -196,3 +198,7 @@ def test_workers_never_run_the_meta_models_own_module(monkeypatch):
     assert all(id(meta.model) not in modules for modules in modules_of.values())
     assert sorted(len(m) for m in modules_of.values()) == [1, 1]
     assert set().union(*modules_of.values()) == {id(r) for r in meta.replicas}
+    # the copies are module trees only: the tensors are the meta-model's own
+    for replica in meta.replicas:
+        for (name, mine), theirs in zip(meta.model.named_parameters(), replica.parameters()):
+            assert mine is theirs, name
