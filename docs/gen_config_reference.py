@@ -20,7 +20,7 @@ import json
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -38,6 +38,11 @@ CONSTRAINTS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern",
 def type_name(annotation: Any) -> str:
     """A short, TOML-minded name of a field's type (``None`` means unset)."""
     origin = get_origin(annotation)
+    if origin is Annotated:  # e.g. Annotated[int, Field(ge=1)] inside a union
+        base, *metadata = get_args(annotation)
+        found = [f"{word} {getattr(m, attr)}" for m in _metadata_items(metadata) for attr, word in CONSTRAINTS
+                 if getattr(m, attr, None) is not None]
+        return type_name(base) + (f" ({', '.join(found)})" if found else "")
     if origin is Literal:
         return "one of " + ", ".join(json.dumps(a) for a in get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -48,6 +53,14 @@ def type_name(annotation: Any) -> str:
     if annotation is Any:
         return "any"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _metadata_items(metadata: list[Any]) -> list[Any]:
+    """Constraint objects of an ``Annotated``: a pydantic ``FieldInfo`` keeps them in ``.metadata``."""
+    items = []
+    for m in metadata:
+        items += list(getattr(m, "metadata", [])) if isinstance(m, FieldInfo) else [m]
+    return items
 
 
 def toml_value(value: Any) -> str:
