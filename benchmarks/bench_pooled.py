@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -35,11 +33,9 @@ import torch
 from bench_eval import learner
 from bench_step import arguments as step_arguments
 from bench_step import build
+from pairs import time_evaluations, time_steps
 
 from purer import losses, teacher_view
-from purer.data import load_split
-from purer.data.episodes import make_task_list
-from purer.evaluation.evaluator import evaluate
 from purer.runtime import tune_allocator
 
 
@@ -52,12 +48,6 @@ def shortcuts(enabled: bool) -> Iterator[None]:
             mock.patch.object(teacher_view, "_fuse_taps_with_pools", lambda traced: None), \
             mock.patch.object(architectures, "norm_relu_maxpool", lambda *args: None):
         yield
-
-
-def summary(times: dict[bool, list[float]]) -> dict:
-    ratios = [on / off for on, off in zip(times[True], times[False])]
-    return {"median_on_s": statistics.median(times[True]), "median_off_s": statistics.median(times[False]),
-            "median_ratio_on_over_off": statistics.median(ratios), "pairs": len(ratios)}
 
 
 def main() -> None:
@@ -77,28 +67,11 @@ def main() -> None:
         for enabled in (False, True):
             with shortcuts(enabled):
                 trainers[enabled] = build(step_args, torch.device("cpu"))
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for step in range(1, args.warmup + args.steps + 1):
-            for enabled in (False, True):
-                with shortcuts(enabled):
-                    start = time.perf_counter()
-                    trainers[enabled].outer_step(step)
-                    if step > args.warmup:
-                        times[enabled].append(time.perf_counter() - start)
-        report["step"] = summary(times)
+        report["step"] = time_steps(trainers, args.steps, args.warmup, shortcuts)
         print(json.dumps(report["step"]), flush=True)
     if args.eval_runs and Path(args.root).is_dir():
-        split = load_split("cifar-fs", "meta_test", args.root)
-        tasks = make_task_list(split, 5, 1, 15, 600, seed=2023)
         meta = learner("loop")
-        times, accuracy = {False: [], True: []}, {}
-        for _ in range(args.eval_runs):
-            for enabled in (False, True):
-                with shortcuts(enabled):
-                    result = evaluate(meta, tasks, split, "cpu", batch_tasks=50)
-                times[enabled].append(result.seconds)
-                accuracy[enabled] = result.accuracy
-        report["eval"] = {**summary(times), "accuracy_on": accuracy[True], "accuracy_off": accuracy[False]}
+        report["eval"] = time_evaluations({False: meta, True: meta}, args.eval_runs, args.root, shortcuts)
         print(json.dumps(report["eval"]), flush=True)
     print(json.dumps(report))
 

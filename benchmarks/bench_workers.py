@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from bench_eval import learner
-from bench_pooled import summary
 from bench_step import arguments as step_arguments
 from bench_step import build
+from pairs import time_evaluations, time_steps
 
-from purer.data import load_split
-from purer.data.episodes import make_task_list
-from purer.evaluation.evaluator import evaluate
 from purer.runtime import tune_allocator
-
-VARIANTS = {False: "1", True: "auto"}  # summary()'s keys: True is the variant measured against False
 
 
 def main() -> None:
@@ -42,34 +36,19 @@ def main() -> None:
     parser.add_argument("--zoo", default=None, help="teachers from this zoo (default: random Conv4s)")
     parser.add_argument("--root", default="../shared/data/cifar-fs")
     args = parser.parse_args()
-    VARIANTS[True] = args.workers
+    variants = {False: "1", True: args.workers}  # True is the variant measured against False
     tune_allocator()
     report: dict = {"threads": torch.get_num_threads(), "shot": args.shot, "workers": args.workers}
     if args.steps:
         zoo = ["--zoo", args.zoo] if args.zoo else []
         trainers = {threaded: build(step_arguments().parse_args(
             ["--shot", str(args.shot), "--arch", "conv4", "--device", "cpu", "--cpu-workers", workers, *zoo]),
-            torch.device("cpu")) for threaded, workers in VARIANTS.items()}
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for step in range(1, args.warmup + args.steps + 1):
-            for threaded, trainer in trainers.items():
-                start = time.perf_counter()
-                trainer.outer_step(step)
-                if step > args.warmup:
-                    times[threaded].append(time.perf_counter() - start)
-        report["step"] = summary(times)
+            torch.device("cpu")) for threaded, workers in variants.items()}
+        report["step"] = time_steps(trainers, args.steps, args.warmup)
         print(json.dumps(report["step"]), flush=True)
     if args.eval_runs and Path(args.root).is_dir():
-        split = load_split("cifar-fs", "meta_test", args.root)
-        tasks = make_task_list(split, 5, 1, 15, 600, seed=2023)
-        learners = {threaded: learner("loop", cpu_workers=workers) for threaded, workers in VARIANTS.items()}
-        times, accuracy = {False: [], True: []}, {}
-        for _ in range(args.eval_runs):
-            for threaded, meta in learners.items():
-                result = evaluate(meta, tasks, split, "cpu", batch_tasks=50)
-                times[threaded].append(result.seconds)
-                accuracy[threaded] = result.accuracy
-        report["eval"] = {**summary(times), "accuracy_on": accuracy[True], "accuracy_off": accuracy[False]}
+        learners = {threaded: learner("loop", cpu_workers=workers) for threaded, workers in variants.items()}
+        report["eval"] = time_evaluations(learners, args.eval_runs, args.root)
         print(json.dumps(report["eval"]), flush=True)
     print(json.dumps(report))
 
