@@ -21,22 +21,14 @@ variant's median and the median of the per-pair ratios.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from unittest import mock
 
 import purer_plugins.architectures as architectures
-import torch
-from bench_eval import learner
-from bench_step import arguments as step_arguments
-from bench_step import build
-from pairs import time_evaluations, time_steps
+from pairs import patched_code_main
 
 from purer import losses, teacher_view
-from purer.runtime import tune_allocator
 
 
 @contextlib.contextmanager
@@ -50,31 +42,5 @@ def shortcuts(enabled: bool) -> Iterator[None]:
         yield
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=40, help="measured steps per variant (0: skip)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--eval-runs", type=int, default=3, help="600-task evaluations per variant (0: skip)")
-    parser.add_argument("--root", default="../shared/data/cifar-fs")
-    args = parser.parse_args()
-    tune_allocator()
-    report: dict = {"threads": torch.get_num_threads(), "shot": args.shot}
-    if args.steps:
-        step_args = step_arguments().parse_args(["--shot", str(args.shot), "--arch", "conv4",
-                                                  "--device", "cpu"])
-        trainers = {}
-        for enabled in (False, True):
-            with shortcuts(enabled):
-                trainers[enabled] = build(step_args, torch.device("cpu"))
-        report["step"] = time_steps(trainers, args.steps, args.warmup, shortcuts)
-        print(json.dumps(report["step"]), flush=True)
-    if args.eval_runs and Path(args.root).is_dir():
-        meta = learner("loop")
-        report["eval"] = time_evaluations({False: meta, True: meta}, args.eval_runs, args.root, shortcuts)
-        print(json.dumps(report["eval"]), flush=True)
-    print(json.dumps(report))
-
-
 if __name__ == "__main__":
-    main()
+    patched_code_main(__doc__.splitlines()[0], shortcuts)

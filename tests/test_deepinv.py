@@ -123,6 +123,27 @@ def test_moments_and_max_pool_match_the_separate_ops_through_second_order(channe
     assert torch.autograd.gradgradcheck(lambda t: moments_and_max_pool(t, 2), (x,))
 
 
+def test_max_pool_gradient_is_scattered_alike_in_both_layouts():
+    """The channels-last scatter (flat NHWC offsets) must add exactly what the
+    per-plane scatter adds: same values, same bits, and in place."""
+    from purer.losses import _add_pooled_grad, _is_channels_last
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, 6)
+    pooled, indices = F.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), 2)
+    assert _is_channels_last(indices)
+    grad_pooled = torch.randn_like(pooled)
+    start = torch.randn_like(x)
+    plain = start.clone()
+    _add_pooled_grad(plain, indices.contiguous(), grad_pooled.contiguous())
+    nhwc = start.clone().contiguous(memory_format=torch.channels_last)
+    storage = nhwc.data_ptr()
+    _add_pooled_grad(nhwc, indices, grad_pooled)
+    assert nhwc.data_ptr() == storage and _is_channels_last(nhwc)
+    assert torch.equal(nhwc, plain)
+    assert not torch.equal(plain, start)
+
+
 def test_jitter_is_a_circular_shift_of_the_memory():
     inverter = make_inverter([make_teacher(0, [0, 1])], jitter=2)
     images = inverter.memory[0].detach()
