@@ -31,6 +31,7 @@ from purer.engine.cuda_graph import load_optimizer_state, make_capturable
 from purer.interfaces import InversionContext, InversionTerm, Inverter, Options
 from purer.losses import bn_statistics, l2_prior, total_variation
 from purer.parallel import WorkerPool, Workers, resolve_workers
+from purer.runtime import warn_if_slow_bf16
 from purer.teacher_view import FoldedTeacher, teacher_view, worker_views
 from purer.types import ClassBank, InputSpace, Teacher
 
@@ -146,6 +147,8 @@ class DeepInversion(Inverter):
                         for t in self.teachers]
         self.class_ids = torch.tensor([c for t in self.teachers for c in t.class_ids], device=device)
         self.optimizer = torch.optim.Adam(self.memory, lr=self.options.lr, betas=self.options.betas)
+        if self.options.precision == "bf16":
+            warn_if_slow_bf16("inverter.precision", device)
         self._compiled: dict[str, Callable] | None = (
             {"teacher": torch.compile(self._teacher_loss), "group": torch.compile(self._group_loss)}
             if self.options.compile else None)

@@ -15,6 +15,8 @@ start; code that uses purer as a library may call it too. Set
 
 :func:`strict_fp32` (called next to it) turns off cuDNN's TF32 convolutions,
 which PyTorch enables by default: see its docstring for what was measured.
+
+:func:`warn_if_slow_bf16` is called where a ``bf16`` option takes effect.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import warnings
 
 import torch
 
@@ -67,4 +70,26 @@ def strict_fp32() -> bool:
     if os.environ.get("PURER_TF32", "0") == "1":
         return False
     torch.backends.cudnn.allow_tf32 = False
+    return True
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles).
+
+    Without either, PyTorch emulates bf16 arithmetic: on an AVX2 AMD EPYC a
+    bf16 matrix product ran at 0.8 GFLOP/s against 60 GFLOP/s in fp32, and a
+    Conv4 first convolution took 127 ms against 4 ms. With AMX (the Intel
+    Xeon of earlier measurements) bf16 autocast was up to 2.5x *faster*.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def warn_if_slow_bf16(option: str, device: torch.device | str) -> bool:
+    """Warn that ``option = "bf16"`` will crawl on this CPU; True when it
+    warned. GPUs and bf16-capable CPUs pass silently."""
+    if torch.device(device).type != "cpu" or cpu_has_fast_bf16():
+        return False
+    warnings.warn(f'{option} = "bf16" on a CPU without native bfloat16 (no AVX512-BF16 or AMX): '
+                  'PyTorch emulates it, 10-30x slower than fp32 here; use "fp32"', stacklevel=3)
     return True

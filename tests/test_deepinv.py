@@ -261,11 +261,31 @@ def test_inline_term_plugin_replaces_a_builtin(register_plugin):
 
 
 @pytest.mark.parametrize("precision", ["bf16"])
+@pytest.mark.filterwarnings("ignore:inverter.precision")  # CPUs without native bf16 warn
 def test_bf16_teacher_passes_stay_close_to_fp32(precision):
     teachers = [make_teacher(0, [0, 1])]
     a = make_inverter(teachers, jitter=0)
     b = make_inverter(teachers, jitter=0, precision=precision)
     assert torch.allclose(a.inversion_loss()[0], b.inversion_loss()[0], rtol=5e-2)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_warns_only_on_cpus_that_emulate_it(monkeypatch, native):
+    """bf16 autocast on a CPU without AVX512-BF16/AMX is emulated and crawls
+    (30x slower convolutions on an AVX2 EPYC): the option says so when set."""
+    import warnings
+
+    from purer import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: native)
+    teachers = [make_teacher(0, [0, 1])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_inverter(teachers, precision="bf16")
+        make_inverter(teachers, precision="fp32")
+    messages = [str(w.message) for w in caught if "bfloat16" in str(w.message)]
+    assert len(messages) == (0 if native else 1)
+    assert all(m.startswith('inverter.precision = "bf16"') for m in messages)
 
 
 def test_folded_teachers_give_the_hooked_loss_and_gradient():

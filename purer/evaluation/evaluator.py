@@ -31,6 +31,7 @@ from torch import Tensor
 
 from purer.interfaces import Calibrator, MetaLearner, Params
 from purer.progress import progress
+from purer.runtime import warn_if_slow_bf16
 from purer.types import EpisodeBatch, SplitData
 
 Mode = Literal["auto", "batched", "per_task"]
@@ -171,11 +172,14 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
             converts ``learner.model`` in place.
         precision: ``bf16`` runs adaptation and prediction under bfloat16
             autocast (weights stay fp32): about twice as fast on CPUs with
-            AMX/AVX512-BF16, at the cost of bf16 rounding in every result.
+            AMX/AVX512-BF16, at the cost of bf16 rounding in every result;
+            many times slower on CPUs without them (it warns there).
             Compare methods only at one precision.
         description: label of the progress bar.
     """
     device = torch.device(device)
+    if precision == "bf16":
+        warn_if_slow_bf16("evaluate(precision)", device)
     if channels_last:
         learner.model.to(memory_format=torch.channels_last)
     accuracies: list[Tensor] = []
