@@ -231,7 +231,7 @@ def test_sh_zoo_mixes_backbones_and_timm_models(tmp_path: Path) -> None:
     manifest = load_manifest(zoo)
     assert {t.arch for t in manifest.teachers} == set(archs)
     by_arch = {t.arch: t for t in manifest.teachers}
-    assert by_arch["cifar_resnet10"].arch_kwargs["width"] == 0.0625
+    assert by_arch["cifar_resnet10"].arch_kwargs["width"] == 0.125
     assert by_arch["cifar_resnet10"].train["optimizer"] == "sgd"
     assert by_arch["test_vit"].arch_kwargs == {"img_size": 32}  # patch grid follows the data
     teachers = load_teachers(zoo)
