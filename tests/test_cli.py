@@ -85,7 +85,7 @@ def test_unknown_command_is_a_usage_error(purer_host, capsys):
 def test_config_show_prints_the_resolved_defaults(purer_host):
     shown = show()
     # from the default preset (quickstart) ...
-    assert (shown["train"]["steps"], shown["curriculum"]["start"]) == (300, 100)
+    assert (shown["train"]["steps"], shown["curriculum"]["start"]) == (200, 100)
     # ... and defaults no file mentions: the schema's and each plugin's own
     assert shown["curriculum"]["window"] == 6 and shown["curriculum"]["scale"] == 10.0
     deepinv = purer_host.get("inverter", "deepinv").Options()
