@@ -13,7 +13,6 @@ variant's median and the median of the per-pair ratios (see
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -21,20 +20,15 @@ import torch
 from bench_eval import learner
 from bench_step import arguments as step_arguments
 from bench_step import build
-from pairs import time_evaluations, time_steps
+from pairs import pair_arguments, time_evaluations, time_steps
 
 from purer.runtime import tune_allocator
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=40, help="measured steps per variant (0: skip)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--eval-runs", type=int, default=3, help="600-task evaluations per variant (0: skip)")
+    parser = pair_arguments(__doc__.splitlines()[0])
     parser.add_argument("--workers", default="auto", help="cpu_workers of the threaded variant")
     parser.add_argument("--zoo", default=None, help="teachers from this zoo (default: random Conv4s)")
-    parser.add_argument("--root", default="../shared/data/cifar-fs")
     args = parser.parse_args()
     variants = {False: "1", True: args.workers}  # True is the variant measured against False
     tune_allocator()

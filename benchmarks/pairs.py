@@ -71,6 +71,17 @@ def time_evaluations(learners: dict[bool, MetaLearner], runs: int, root: str,
     return {**summary(times), "accuracy_on": accuracy[True], "accuracy_off": accuracy[False]}
 
 
+def pair_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every side-by-side benchmark takes (a script adds its own)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=40, help="measured steps per variant (0: skip)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--eval-runs", type=int, default=3, help="600-task evaluations per variant (0: skip)")
+    parser.add_argument("--root", default="../shared/data/cifar-fs")
+    return parser
+
+
 def patched_code_main(description: str, context: Context) -> None:
     """Command line of a benchmark whose two variants differ by code that
     ``context(False)`` patches out: steps (trainers built inside the context)
@@ -79,13 +90,7 @@ def patched_code_main(description: str, context: Context) -> None:
     from bench_step import arguments as step_arguments
     from bench_step import build
 
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=40, help="measured steps per variant (0: skip)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--eval-runs", type=int, default=3, help="600-task evaluations per variant (0: skip)")
-    parser.add_argument("--root", default="../shared/data/cifar-fs")
-    args = parser.parse_args()
+    args = pair_arguments(description).parse_args()
     tune_allocator()
     report: dict = {"threads": torch.get_num_threads(), "shot": args.shot}
     if args.steps:

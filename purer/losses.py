@@ -120,8 +120,9 @@ def _add_pooled_grad(grad_x: Tensor, indices: Tensor, grad_pooled: Tensor) -> No
     80-image Conv4 first-block map on one thread of an AVX2 AMD EPYC, four
     times the pool's own forward. There each plane index becomes an offset
     into the image's contiguous NHWC storage (``index * C + c``) and one
-    scatter runs along it: 4-5 ms (``benchmarks/bench_pool_grad.py``). Windows do not overlap (kernel = stride), so
-    every element gets at most one term and both paths give the same bits.
+    scatter runs along it: 4-5 ms (``benchmarks/bench_pool_grad.py``).
+    Windows do not overlap (kernel = stride), so every element gets at most
+    one term and both paths give the same bits.
     """
     if _is_channels_last(grad_x) and _is_channels_last(indices):
         n, c = grad_x.shape[:2]
