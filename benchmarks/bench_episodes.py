@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from purer_plugins.cifar_fs import CifarFS
+from purer_plugins.datasets.cifar_fs import CifarFS
 
 from purer.data.episodes import make_task_list
 from purer.runtime import tune_allocator

@@ -2,7 +2,7 @@
 
 The tables come from :class:`purer.config.RunConfig` and from the ``Options``
 model of every built-in plugin (the ``purer`` distribution), so the reference
-cannot drift from the code. ``tests/test_docs.py`` fails when the block in
+cannot drift from the code. ``tests/core/test_docs.py`` fails when the block in
 docs/configuration.md is stale.
 
 Usage::
@@ -153,10 +153,10 @@ def generate(host: PluginHost | None = None) -> str:
             default = RunConfig.model_fields[key].get_default(call_default_factory=True)
             assert isinstance(default, PluginSection)
             lines += plugin_section(host, key, PLUGIN_SECTIONS[key], default.name)
-            if key == "inverter":
-                lines += inversion_terms(host)
             continue
         lines += nested(RunConfig.model_fields[key].annotation, key)
+        if key == "inversion":
+            lines += inversion_terms(host)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -171,12 +171,13 @@ def nested(model: type[BaseModel], prefix: str) -> list[str]:
 
 def inversion_terms(host: PluginHost) -> list[str]:
     lines = ["#### Inversion terms", "",
-             "`inverter.terms` maps a registered inversion term to its weight; options of a "
-             "term go under `inverter.term_options.<term>`:", ""]
+             "`inversion.terms` maps a registered inversion term to its weight; options of a "
+             "term go under `inversion.term_options.<term>`. The same terms shape every "
+             "inverter's pseudo data and ICFIL's synthesis:", ""]
     for name in builtin_names(host, "inversion_term"):
         cls = host.get("inversion_term", name)
         lines += [f"##### `{name}`", "", *described(cls),
-                  *table(cls.Options, f"inverter.term_options.{name}."), ""]
+                  *table(cls.Options, f"inversion.term_options.{name}."), ""]
     return lines
 
 

@@ -14,8 +14,7 @@ import math
 
 from pydantic import Field
 
-import purer
-from purer.interfaces import Curriculum, Options
+from purer.api import Curriculum, Options, hookimpl
 
 
 class GradientSwitchOptions(Options):
@@ -69,7 +68,7 @@ class NoCurriculum(Curriculum):
         return None
 
 
-@purer.hookimpl
+@hookimpl
 def register_curricula(register) -> None:
     register("gradient-switch", GradientSwitch)
     register("none", NoCurriculum)

@@ -17,9 +17,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from purer.errors import ConfigError
+from purer.interfaces import Options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,13 +41,24 @@ class Section(BaseModel):
 
 
 class PluginSection(BaseModel):
-    """``name`` picks the plugin; every other key is one of its options."""
+    """``name`` picks the plugin; every other key is one of its options.
+
+    :func:`resolve_plugin_options` validates the keys once against the
+    plugin's own ``Options`` model and keeps the instance, which is what
+    :attr:`options` then returns and what the host builds the component from.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str
+    _resolved: Options | None = PrivateAttr(default=None)
 
     @property
-    def options(self) -> dict[str, Any]:
+    def options(self) -> Options | dict[str, Any]:
+        """The validated ``Options`` instance once resolved; the raw keys before."""
+        return self._resolved if self._resolved is not None else self.option_dict()
+
+    def option_dict(self) -> dict[str, Any]:
+        """The options as plain keys and values (all of them once resolved)."""
         return dict(self.model_extra or {})
 
 
@@ -55,7 +75,10 @@ class ZooBuildOptions(Section):
                                   description="MH: more datasets as NAME or NAME=ROOT")
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float | None = Field(None, gt=0, description="default: 0.01 (Adam for conv4, SGD else)")
+    lr: float | None = Field(None, gt=0, description="default: 0.01")
+    adam_archs: list[str] = Field(default_factory=lambda: ["conv4"],
+                                  description="architectures trained with Adam; the others with SGD "
+                                              "(momentum 0.9, weight decay 5e-4)")
     holdout: float = Field(0.2, gt=0, lt=1)
     augment: bool = False
     seed: int = 0
@@ -64,6 +87,31 @@ class ZooBuildOptions(Section):
 class ZooSection(Section):
     path: str | None = Field(None, description="an existing zoo; unset: build (or reuse) one from `build`")
     build: ZooBuildOptions = Field(default_factory=ZooBuildOptions)
+
+
+DEFAULT_TERMS = {"ce": 1.0, "tv": 1e-4, "l2": 1e-5, "bn": 0.01}
+
+
+class InversionSection(Section):
+    """The inversion loss (Eq. 2-4) shared by the inverter and ICFIL's synthesis."""
+
+    terms: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TERMS),
+                                    description="inversion term name -> weight")
+    term_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-term options, e.g. {bn = {first_multiplier = 1}}")
+    _resolved: dict[str, Options] = PrivateAttr(default_factory=dict)
+
+    @field_validator("terms")
+    @classmethod
+    def _weights_finite(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weight of '{name}' must be a finite number >= 0")
+        return value
+
+    def options_of(self, term: str) -> Options | dict[str, Any]:
+        """A term's validated options once resolved; its raw keys before."""
+        return self._resolved.get(term, self.term_options.get(term, {}))
 
 
 class TrainSection(Section):
@@ -91,8 +139,15 @@ class EvalSection(Section):
     shots: list[int] = Field(default_factory=list)  # empty: the training shot
     split: Literal["meta_test", "meta_val"] = "meta_test"
     seed: int = 2023
-    baselines: list[str] = Field(default_factory=lambda: ["random", "average"])
+    baselines: list[str] = Field(default_factory=lambda: ["random", "average"],
+                                 description="initialisers scored beside the trained model, and "
+                                             "'real': the run's learner trained on real data")
     batch_tasks: int = Field(50, ge=1)
+    real_steps: int | None = Field(None, ge=0, description="outer steps of the 'real' baseline "
+                                                           "(default: train.steps)")
+    real_images_per_class: int | None = Field(
+        None, ge=2, description="real images per class the 'real' baseline sees (default: shot + "
+                                "train.query, the size of ECI's memory)")
 
 
 class RunConfig(Section):
@@ -103,6 +158,7 @@ class RunConfig(Section):
     data: PluginSection = Field(default_factory=lambda: PluginSection(name="synthetic-shapes"))
     zoo: ZooSection = Field(default_factory=ZooSection)
     inverter: PluginSection = Field(default_factory=lambda: PluginSection(name="deepinv"))
+    inversion: InversionSection = Field(default_factory=InversionSection)
     curriculum: PluginSection = Field(default_factory=lambda: PluginSection(name="gradient-switch"))
     meta: PluginSection = Field(default_factory=lambda: PluginSection(name="maml"))
     init: PluginSection = Field(default_factory=lambda: PluginSection(name="random"))
@@ -208,15 +264,15 @@ def _explain(exc: ValidationError, prefix: str = "") -> str:
     return f"{where or 'config'}: {msg}{shown}"
 
 
-def validate_options(cls: type, options: dict[str, Any], section: str) -> Any:
-    """Validate a plugin's options against its own ``Options`` model."""
+def validate_options(model: type[Options], name: str, options: dict[str, Any], section: str) -> Options:
+    """Validate component ``name``'s options against its ``Options`` model."""
     try:
-        return cls.Options(**options)
+        return model(**options)
     except ValidationError as exc:
         message = _explain(exc, section)
         if exc.errors()[0]["type"] == "extra_forbidden":
-            allowed = ", ".join(cls.Options.model_fields) or "no options"
-            message += f"; {getattr(cls, 'name', cls.__name__)} takes: {allowed}"
+            allowed = ", ".join(model.model_fields) or "no options"
+            message += f"; {name} takes: {allowed}"
         raise ConfigError(message) from None
 
 
@@ -243,19 +299,41 @@ def build_config(*layers: dict[str, Any], assignments: tuple[str, ...] = (),
 
 
 def resolve_plugin_options(config: RunConfig, host: Any) -> None:
-    """Check every plugin section against its plugin and fill in its defaults."""
+    """Check every plugin section (and every inversion term) against its
+    plugin, once: unknown names and keys are one-line errors; defaults are
+    filled in and the validated ``Options`` instances kept for the host."""
     for section, kind in PLUGIN_SECTIONS.items():
         value: PluginSection = getattr(config, section)
         try:
-            cls = host.get(kind, value.name)
+            host.entry(kind, value.name)
         except Exception as exc:
             raise ConfigError(f"{section}.name: {exc}") from None
-        resolved = validate_options(cls, value.options, section)
-        setattr(config, section, PluginSection(name=value.name, **resolved.model_dump()))
-
-
-def plugin_options(config: RunConfig, section: str) -> dict[str, Any]:
-    return getattr(config, section).options
+        resolved = host.validate(kind, value.name, value.option_dict(), section)
+        fresh = PluginSection(name=value.name, **resolved.model_dump())
+        fresh._resolved = resolved
+        setattr(config, section, fresh)
+    inversion = config.inversion
+    for name, given in list(inversion.term_options.items()):
+        if name in inversion.terms:
+            continue
+        # a resolved config lists every term's defaults: those may outlive their term
+        if name in host.registries["inversion_term"] and \
+                given == host.validate("inversion_term", name, {}, name).model_dump():
+            del inversion.term_options[name]
+            continue
+        raise ConfigError(f"inversion.term_options.{name}: not in inversion.terms "
+                          f"({', '.join(inversion.terms)})")
+    resolved_terms = {}
+    for name in inversion.terms:
+        try:
+            host.entry("inversion_term", name)
+        except Exception as exc:
+            raise ConfigError(f"inversion.terms: {exc}") from None
+        resolved_terms[name] = host.validate("inversion_term", name, inversion.term_options.get(name, {}),
+                                             f"inversion.term_options.{name}")
+    inversion.term_options = {name: opts.model_dump() for name, opts in resolved_terms.items()
+                              if opts.model_dump()}
+    inversion._resolved = resolved_terms
 
 
 def _toml_key(key: str) -> str:
@@ -297,7 +375,7 @@ def to_toml(config: RunConfig) -> str:
         for key, value in table.items():
             if key not in sub_models and value is not None:
                 lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        for key in sub_models:
+        for key in [k for k in table if k in sub_models]:  # in the schema's order
             emit(table[key], f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key), getattr(model, key))
 
     emit(data, "", config)

@@ -4,52 +4,41 @@ The few-shot backbones (``conv4``, ``cifar_resnet10``, ``cifar_resnet18``)
 are timm entry points registered by the built-in ``architectures`` plugin;
 third-party plugins add theirs through the ``register_architectures`` hook.
 This module makes sure those registrations happened before timm is asked,
-and answers the two questions the rest of purer asks of any model: which
-parameters form the classifier head (ICFIL retrains it on a frozen backbone)
-and which input space the model expects.
+and answers the questions the rest of purer asks of any model: which
+parameters form the classifier head (ICFIL retrains it on a frozen backbone,
+the Average baseline leaves heads of another width out), what the model's
+embedding is, and which input space it expects.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from purer.errors import PluginError
 from purer.types import InputSpace
 
-BUILTIN_ARCHITECTURES = "purer_plugins.architectures"
-
 
 def ensure_registered(name: str) -> None:
-    """Make ``name`` known to timm, loading plugins only when needed.
-
-    The built-in backbones are imported directly (cheap, and they work even
-    while a broken third-party plugin keeps the host from starting); any
-    other name not already in timm makes the plugin host load, so plugin
-    modules get their chance to register it.
-    """
-    if timm.is_model(name):
-        return
-    importlib.import_module(BUILTIN_ARCHITECTURES)
+    """Make ``name`` known to timm: an architecture a plugin registered is
+    imported (and, for a factory without timm's decorator, registered) now."""
     if timm.is_model(name):
         return
     from purer.plugins import get_host
 
     host = get_host()
-    if timm.is_model(name):
+    if name not in host.registries["architecture"]:
         return
-    entry = host.registries["architecture"].get(name)
-    if entry is not None:
-        # A plugin registered a factory without timm's decorator: register it now.
-        factory = entry.obj
+    factory = host.get("architecture", name)
+    if not timm.is_model(name):
         if getattr(factory, "__name__", None) != name:
-            raise PluginError(f"architecture '{name}' (plugin '{entry.plugin}'): the factory "
-                              f"must be a function named '{name}' decorated with "
-                              "timm.models.register_model")
+            entry = host.entry("architecture", name)
+            raise PluginError(f"architecture '{name}' ({entry.where}): the factory must be a "
+                              f"function named '{name}' decorated with timm.models.register_model")
         timm.models.register_model(factory)
 
 
@@ -91,18 +80,50 @@ def _classifier_modules(model: nn.Module) -> list[nn.Module]:
     return [h for h in heads if isinstance(h, nn.Module)]
 
 
+def _head_prefixes(model: nn.Module) -> list[str]:
+    heads = _classifier_modules(model)
+    return [prefix for prefix, module in model.named_modules() if any(module is h for h in heads)]
+
+
 def head_parameter_names(model: nn.Module) -> set[str]:
     """Names (as in ``model.named_parameters()``) of the classifier head's parameters.
 
     Everything else is the backbone, so ICFIL can freeze one and retrain the
     other without knowing the architecture.
     """
-    heads = _classifier_modules(model)
-    names: set[str] = set()
-    for prefix, module in model.named_modules():
-        if any(module is h for h in heads):
-            names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters())
-    return names
+    return {f"{prefix}.{n}" if prefix else n for prefix in _head_prefixes(model)
+            for n, _ in model.get_submodule(prefix).named_parameters()}
+
+
+def head_state_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier head (parameters and buffers): the
+    entries whose shape follows the class count."""
+    prefixes = [p for p in _head_prefixes(model) if p]
+    return {k for k in model.state_dict() if any(k.startswith(p + ".") for p in prefixes)}
+
+
+class _PreLogits(nn.Module):
+    """``forward`` = timm's pre-logit features, so ``functional_call`` can reach them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def pre_logits(model: nn.Module, params: dict[str, Tensor], images: Tensor) -> Tensor:
+    """The embedding of ``images`` (the classifier head's input) with ``model``
+    run on ``params`` (names as in ``model.named_parameters()``)."""
+    own = {f"model.{k}": v for k, v in params.items()}
+    return functional_call(_PreLogits(model), own, (images,), strict=False)
+
+
+def architecture_of(model: nn.Module) -> str:
+    """The timm name a model was created under (its class name if none)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
 
 
 def input_space_of(model: nn.Module, default_size: int = 32) -> InputSpace:

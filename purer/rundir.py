@@ -26,10 +26,14 @@ from safetensors.torch import load_file, save_file
 
 from purer.config import RunConfig, to_toml
 from purer.errors import ConfigError
+from purer.runtime import prepare_compute
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU. Computing starts here,
+    so this also applies purer's process-wide compute settings
+    (:func:`purer.runtime.prepare_compute`)."""
+    prepare_compute()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -145,8 +149,3 @@ class RunDir:
         last checkpoint), so a resumed run's log has no duplicates."""
         kept = [r for r in self.read_metrics() if r.get("step", -1) <= last_step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
-    def write_json(self, name: str, data: Any) -> Path:
-        path = self.path / name
-        atomic_write_text(path, json.dumps(data, indent=2))
-        return path

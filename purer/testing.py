@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from purer.types import InputSpace, SplitData
+from purer.interfaces import Inverter
+from purer.inversion import InversionLoss
+from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher, find_bn_layers
 
 # Tiny widths that keep the real topologies (and BN layers) of each backbone.
 # Not 0.0625 for the ResNets: their 4 -> 8 channel strided 1x1 shortcut sends
@@ -57,18 +60,52 @@ def synthetic_split(num_classes: int = 64, per_class: int = 40, size: int = 32, 
                      space, class_ids=list(range(first_id, first_id + num_classes)))
 
 
-TINY_IMAGES_PER_CLASS = 60
+# The built-in dataset with only 60 images per class: generated in a fraction of a second.
+TINY_DATA = "synthetic-shapes"
+TINY_DATA_OPTIONS = {"images_per_class": 60}
 
 
 def tiny_meta_train(name: str, root: str | None = None) -> SplitData:
-    """``name``'s meta_train split; synthetic-shapes with only
-    :data:`TINY_IMAGES_PER_CLASS` images per class, so it generates in a
-    fraction of a second."""
+    """``name``'s meta_train split; the tiny built-in dataset
+    (:data:`TINY_DATA_OPTIONS`) for :data:`TINY_DATA`."""
     from purer.data import load_split
 
-    if name == "synthetic-shapes":
-        return load_split(name, "meta_train", root, images_per_class=TINY_IMAGES_PER_CLASS)
-    return load_split(name, "meta_train", root)
+    options = TINY_DATA_OPTIONS if name == TINY_DATA else {}
+    return load_split(name, "meta_train", root, **options)
+
+
+TINY_SPACE = InputSpace(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def tiny_teacher(seed: int, class_ids: Sequence[int], bn: bool = True,
+                 space: InputSpace = TINY_SPACE) -> Teacher:
+    """A frozen one-conv teacher (with a BatchNorm of non-trivial running
+    statistics unless ``bn=False``) over ``space``: enough to exercise an
+    inverter or an inversion term in milliseconds."""
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 6, 3, padding=1)]
+    if bn:
+        layers.append(nn.BatchNorm2d(6))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, len(class_ids))]
+    model = nn.Sequential(*layers)
+    if bn:  # as after training
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval().requires_grad_(False)
+    return Teacher(f"t{seed}", model, list(class_ids), [str(c) for c in class_ids], space,
+                   arch="tiny", bn_layers=find_bn_layers(model))
+
+
+def inversion_loss(terms: dict[str, float] | None = None,
+                   term_options: dict[str, dict] | None = None) -> InversionLoss:
+    """The inversion loss a run builds from ``[inversion]`` (default: the
+    paper's terms and weights), from the installed inversion terms."""
+    from purer.config import InversionSection
+    from purer.pipeline.build import build_inversion
+
+    section = InversionSection(**({} if terms is None else {"terms": terms}),
+                               term_options=term_options or {})
+    return build_inversion(section)
 
 
 def build_tiny_zoo(out: str | Path, scenario: str = "ss", archs: Sequence[str] = ("conv4",),
@@ -104,3 +141,30 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four 5-way Conv4 (width 8) teachers on synthetic-shapes, two epochs,
     built once per test session. Treat it as read-only."""
     return build_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo") / "zoo", epochs=2)
+
+
+def setup_inverter(name: str, teachers: Sequence[Teacher], per_class: int = 4, seed: int = 0,
+                   inversion: InversionLoss | None = None, **options: object) -> Inverter:
+    """Inverter plugin ``name`` with ``options``, set up on ``teachers`` on the
+    CPU as a run would set it up (default inversion loss: :func:`inversion_loss`)."""
+    from purer.plugins import get_host
+
+    inverter = get_host().create("inverter", name, dict(options))
+    inverter.setup(list(teachers), per_class, torch.device("cpu"), torch.Generator().manual_seed(seed),
+                   inversion if inversion is not None else inversion_loss())
+    return inverter
+
+
+def random_episodes(count: int = 3, way: int = 5, shot: int = 2, query: int = 3, size: int = 16,
+                    dtype: torch.dtype = torch.double, seed: int = 1) -> EpisodeBatch:
+    """Episodes of noise images that require grad (``float64`` by default, for
+    exact gradient comparisons): enough to exercise a meta-learner's inner and
+    outer loops, the gradient into the images included."""
+    g = torch.Generator().manual_seed(seed)
+    support = torch.randn(count, way * shot, 3, size, size, generator=g, dtype=dtype, requires_grad=True)
+    query_images = torch.randn(count, way * query, 3, size, size, generator=g, dtype=dtype,
+                               requires_grad=True)
+    labels = torch.arange(way)
+    return EpisodeBatch(support, labels.repeat_interleave(shot).expand(count, -1), query_images,
+                        labels.repeat_interleave(query).expand(count, -1))
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,10 @@ from purer.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, get_host
 pytest_plugins = ["purer.pytest_plugin", "purer.testing", "pytester"]
 
 BUILTIN_DISTRIBUTION = "purer"
+REPO = Path(__file__).resolve().parents[1]
+# The real datasets, beside the checkout (or where PURER_DATA_DIR says); tests that
+# need them skip when they are absent.
+SHARED_DATA = Path(os.environ.get("PURER_DATA_DIR") or REPO.parent / "shared" / "data")
 _USER_DISABLED = os.environ.get(DISABLE_ENV)
 
 

@@ -11,9 +11,10 @@ It registers two small components:
 
 * the inversion term ``saturation``: a squared penalty on memory pixels
   outside the valid [0, 1] range once mapped back from the teacher's
-  normalised space. Add it to DeepInversion's loss by giving it a weight::
+  normalised space. Add it to the inversion loss by giving it a weight
+  (it then shapes every inverter's pseudo data and ICFIL's synthesis)::
 
-      purer run --set 'inverter.terms={ce=1, tv=1e-4, l2=1e-5, bn=0.01, saturation=0.1}'
+      purer run --set 'inversion.terms={ce=1, tv=1e-4, l2=1e-5, bn=0.01, saturation=0.1}'
 
 Installed with ``pip install examples/purer-example-plugin``, it appears in
 ``purer plugins`` as ``example``.
@@ -25,8 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-import purer
-from purer.interfaces import Curriculum, InversionContext, InversionTerm, Options
+from purer.api import Curriculum, InversionContext, InversionTerm, Options, hookimpl
 
 
 class EveryKOptions(Options):
@@ -62,11 +62,11 @@ class Saturation(InversionTerm):
         return (low.square() + high.square()).mean()
 
 
-@purer.hookimpl
+@hookimpl
 def register_curricula(register) -> None:
     register("every-k", EveryK)
 
 
-@purer.hookimpl
+@hookimpl
 def register_inversion_terms(register) -> None:
     register("saturation", Saturation)

@@ -1,25 +1,25 @@
-"""``purer data``: look at a dataset (splits, counts, a picture) and fetch CIFAR-100."""
+"""``purer data``: look at a dataset (splits, counts, a picture).
+
+Dataset plugins add their own sub-commands to this group (e.g. ``download``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from purer.errors import DataError
-from purer.types import SplitData
 
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-
+if TYPE_CHECKING:
+    from purer.types import SplitData
 
 def register(cli: click.Group) -> None:
     @cli.group("data")
     def data() -> None:
-        """Inspect datasets and download the ones that can be downloaded."""
+        """Inspect datasets (plugins may add commands here, e.g. download)."""
 
     @data.command("show")
     @click.argument("name")
@@ -55,14 +55,6 @@ def register(cli: click.Group) -> None:
         save_examples(shown, path, per_class, classes)
         click.echo(f"wrote {path}")
 
-    @data.command("download")
-    @click.argument("name", type=click.Choice(["cifar-fs"]))
-    @click.option("--root", required=True, type=click.Path(file_okay=False),
-                  help="Folder that receives cifar-100-python/.")
-    def download(name: str, root: str) -> None:
-        """Download CIFAR-100 (for cifar-fs) with torchvision into ROOT."""
-        folder = download_cifar100(Path(root))
-        click.echo(f"{name}: CIFAR-100 ready in {folder}; use --root {root}")
 
 
 def _reader_options(assignments: tuple[str, ...]) -> dict[str, Any]:
@@ -78,6 +70,8 @@ def _reader_options(assignments: tuple[str, ...]) -> dict[str, Any]:
 def split_table(name: str, splits: dict[str, SplitData | DataError]) -> Table:
     """One row per split: classes, images, size and the first class names
     (or why the split could not be read)."""
+    import torch
+
     table = Table(title=f"dataset {name}")
     for col in ("split", "classes", "images", "per class", "size", "first classes"):
         table.add_column(col, justify="right" if col in ("classes", "images") else "left")
@@ -97,6 +91,8 @@ def split_table(name: str, splits: dict[str, SplitData | DataError]) -> Table:
 def save_examples(data: SplitData, path: Path, per_class: int, classes: int) -> Path:
     """The first ``per_class`` images of each of the first ``classes`` classes,
     one class per row."""
+    import torch
+
     from purer.data.episodes import class_table
     from purer.pictures import save_grid
 
@@ -108,21 +104,3 @@ def save_examples(data: SplitData, path: Path, per_class: int, classes: int) -> 
         pad = torch.ones(per_class - row.shape[0], *row.shape[1:])
         rows.append(torch.cat([row, pad]))
     return save_grid(torch.cat(rows), path, nrow=per_class, scale=max(1, 96 // data.space.size))
-
-
-def download_cifar100(root: Path) -> Path:
-    """torchvision's CIFAR100 downloader; a one-line DataError when offline."""
-    target = root / "cifar-100-python"
-    try:
-        from torchvision.datasets import CIFAR100
-    except ImportError:
-        raise DataError(f"{root}: torchvision is not installed; download {CIFAR_URL} yourself "
-                        f"and unpack it so that {target}/train, test and meta exist") from None
-    try:
-        CIFAR100(str(root), train=True, download=True)
-    except Exception as exc:  # URLError, socket errors, checksum failures
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{root}: cannot download {CIFAR_URL} ({reason}); fetch it elsewhere "
-                        f"and unpack it so that {target}/train, {target}/test and "
-                        f"{target}/meta exist") from None
-    return target

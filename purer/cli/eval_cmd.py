@@ -8,11 +8,22 @@ import click
 
 SPLITS = {"test": "meta_test", "val": "meta_val", "meta_test": "meta_test", "meta_val": "meta_val"}
 
+# option -> the configuration key it sets over the run's own configuration
+EVAL_OPTIONS = {
+    "calibrator": "calibrator.name", "way": "eval.way", "shots": "eval.shots",
+    "tasks": "eval.tasks", "query": "eval.query", "split": "eval.split", "seed": "eval.seed",
+    "baselines": "eval.baselines", "batch_tasks": "eval.batch_tasks", "device": "device",
+}
+
+
+# `--baselines none`: only the checkpoint
+NO_BASELINES = "none"
+
 
 def _names(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    return [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    return [n.strip() for n in text.split(",") if n.strip() and n.strip() != NO_BASELINES]
 
 
 def register(cli: click.Group) -> None:
@@ -46,22 +57,19 @@ def register(cli: click.Group) -> None:
         Writes results.json and results.md into RUN_DIR (rows already there
         for other settings of the same protocol are kept) and prints the table.
         """
+        from purer.cli.options import options_layer
         from purer.config import build_config
-        from purer.evaluation.final import final_evaluation
+        from purer.pipeline.final import final_evaluation
         from purer.plugins import get_host
         from purer.rundir import RunDir, resolve_device
 
         run = RunDir.open(run_dir)
-        tree = run.load_config().model_dump(mode="json")
-        if calibrator and calibrator != tree["calibrator"]["name"]:
-            tree["calibrator"] = {"name": calibrator}
-        overrides = {"way": way, "shots": list(shots) or None, "tasks": tasks, "query": query,
-                     "split": SPLITS.get(split or ""), "seed": seed, "baselines": _names(baselines),
-                     "batch_tasks": batch_tasks}
-        tree["eval"].update({k: v for k, v in overrides.items() if v is not None})
-        if device:
-            tree["device"] = device
-        config = build_config(tree, assignments=assignments, host=get_host())
+        given = {"calibrator": calibrator, "way": way, "shots": list(shots) or None, "tasks": tasks,
+                 "query": query, "split": SPLITS.get(split or ""), "seed": seed,
+                 "baselines": _names(baselines), "batch_tasks": batch_tasks, "device": device}
+        config = build_config(run.load_config().model_dump(mode="json"),
+                              options_layer(given, EVAL_OPTIONS), assignments=assignments,
+                              host=get_host())
         final_evaluation(run, config, None, resolve_device(config.device), which=which)
 
     @cli.command("table")

@@ -10,7 +10,7 @@ import click
 from purer import __version__
 from purer.errors import PurerError
 from purer.plugins import get_host
-from purer.runtime import strict_fp32, tune_allocator
+from purer.runtime import tune_allocator
 
 # Modules that each define ``register(cli)``; plugins add more via ``register_commands``.
 COMMAND_MODULES = ("plugins_cmd", "config_cmd", "data_cmd", "zoo_cmd", "run_cmd", "eval_cmd")
@@ -41,7 +41,6 @@ def build_cli() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     tune_allocator()
-    strict_fp32()  # fp32 convolutions without TF32 on GPUs (purer/runtime.py)
     try:
         build_cli().main(args=argv, prog_name="purer", standalone_mode=False)
     except PurerError as exc:

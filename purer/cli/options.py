@@ -1,16 +1,29 @@
-"""Options shared by commands that build a run configuration."""
+"""Command-line options that set configuration keys, shared by the commands.
+
+Each such option names the key it sets (:data:`RUN_OPTIONS`), and
+:func:`options_layer` turns the options a user gave into one configuration
+layer, so ``purer run``, ``purer config show`` and ``purer eval`` map their
+options the same way: later layers and ``--set`` win, as everywhere.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from purer.config import RunConfig, build_config, load_preset, load_toml
-from purer.plugins import get_host
 
 DEFAULT_PRESET = "quickstart"
+
+# option -> the configuration key it sets
+RUN_OPTIONS = {
+    "data": "data.name", "root": "data.root", "zoo": "zoo.path", "inverter": "inverter.name",
+    "curriculum": "curriculum.name", "meta": "meta.name", "init": "init.name",
+    "calibrator": "calibrator.name", "steps": "train.steps", "shot": "train.shot",
+    "way": "train.way", "seed": "seed", "device": "device", "out": "out", "name": "name",
+}
 
 
 def config_options(func: Callable) -> Callable:
@@ -22,14 +35,14 @@ def config_options(func: Callable) -> Callable:
                      "unless --config is given); see `purer config presets`."),
         click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Override one value; repeatable, e.g. --set train.steps=500."),
-        click.option("--data", help="Dataset plugin (e.g. synthetic-shapes, cifar-fs)."),
+        click.option("--data", help="Dataset plugin, e.g. cifar-fs (see `purer plugins`)."),
         click.option("--root", help="Dataset root folder (data.root)."),
         click.option("--zoo", help="Teacher zoo folder (zoo.path)."),
-        click.option("--inverter", help="Inverter plugin (deepinv)."),
-        click.option("--curriculum", help="Curriculum plugin (gradient-switch, none)."),
-        click.option("--meta", help="Meta-learner plugin (maml)."),
-        click.option("--init", help="Initialiser of the meta-model (random, average)."),
-        click.option("--calibrator", help="Calibrator at meta-test (none, icfil)."),
+        click.option("--inverter", help="Inverter plugin (inverter.name)."),
+        click.option("--curriculum", help="Curriculum plugin (curriculum.name)."),
+        click.option("--meta", help="Meta-learner plugin (meta.name)."),
+        click.option("--init", help="Initialiser of the meta-model (init.name)."),
+        click.option("--calibrator", help="Calibrator at meta-test (calibrator.name)."),
         click.option("--steps", type=int, help="Outer steps (train.steps)."),
         click.option("--shot", type=int, help="Shots per class (train.shot)."),
         click.option("--way", type=int, help="Classes per episode (train.way)."),
@@ -43,27 +56,30 @@ def config_options(func: Callable) -> Callable:
     return func
 
 
+def options_layer(given: Mapping[str, Any], keys: Mapping[str, str]) -> dict[str, Any]:
+    """The configuration layer that options ``given`` set (``None``: not given)."""
+    layer: dict[str, Any] = {}
+    for option, key in keys.items():
+        value = given.get(option)
+        if value is None:
+            continue
+        node = layer
+        *sections, last = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+    return layer
+
+
 def config_from_cli(kwargs: dict[str, Any]) -> RunConfig:
     """Merge preset/config file, CLI options and --set into a validated config."""
+    from purer.plugins import get_host
+
     layers: list[dict[str, Any]] = []
     path, preset = kwargs.pop("config_path", None), kwargs.pop("preset", None)
     if preset or not path:
         layers.append(load_preset(preset or DEFAULT_PRESET))
     if path:
         layers.append(load_toml(path))
-    cli_layer: dict[str, Any] = {}
-    for section in ("data", "inverter", "curriculum", "meta", "init", "calibrator"):
-        if kwargs.get(section):
-            cli_layer[section] = {"name": kwargs[section]}
-    if kwargs.get("root"):
-        cli_layer.setdefault("data", {})["root"] = kwargs["root"]
-    if kwargs.get("zoo"):
-        cli_layer["zoo"] = {"path": kwargs["zoo"]}
-    train = {k: kwargs[k] for k in ("steps", "shot", "way") if kwargs.get(k) is not None}
-    if train:
-        cli_layer["train"] = train
-    for key in ("seed", "device", "out", "name"):
-        if kwargs.get(key) is not None:
-            cli_layer[key] = kwargs[key]
-    layers.append(cli_layer)
+    layers.append(options_layer({k: v for k, v in kwargs.items() if v != ""}, RUN_OPTIONS))
     return build_config(*layers, assignments=tuple(kwargs.get("assignments") or ()), host=get_host())

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
 from purer.cli.options import config_from_cli, config_options
-from purer.rundir import RunDir, resolve_device
 
 
 def register(cli: click.Group) -> None:
@@ -22,9 +20,11 @@ def register(cli: click.Group) -> None:
         dataset, a small cached zoo, a short ECI run and a table comparing
         PURER with Random and Average initialisation on the same test tasks.
         """
-        from purer.engine.trainer import ECITrainer
+        from purer.pipeline.build import build_trainer
+        from purer.pipeline.final import final_evaluation
+        from purer.progress import console
+        from purer.rundir import RunDir, resolve_device
 
-        console = Console(stderr=True)
         if resume_dir:
             run_dir = RunDir.open(resume_dir)
             config = run_dir.load_config()
@@ -33,7 +33,7 @@ def register(cli: click.Group) -> None:
             run_dir = RunDir.create(config)
         device = resolve_device(config.device)
         console.print(f"run directory: [bold]{run_dir.path}[/] (seed {config.seed}, device {device})")
-        trainer = ECITrainer.from_config(config, run_dir, device)
+        trainer = build_trainer(config, run_dir, device)
         if resume_dir:
             trainer.resume()
             console.print(f"resumed at step {trainer.step}")
@@ -45,6 +45,4 @@ def register(cli: click.Group) -> None:
             raise SystemExit(130) from None
         console.print(f"best meta-val accuracy {best['val_accuracy']:.2f}% at step {best['step']}")
         if not no_eval:
-            from purer.evaluation.final import final_evaluation
-
             final_evaluation(run_dir, config, trainer.teachers, device)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from purer.types import SplitData
+if TYPE_CHECKING:
+    from purer.config import PluginSection
+    from purer.types import SplitData
 
 
 def load_split(name: str, split: str, root: str | None = None, **options: Any) -> SplitData:
@@ -13,3 +15,10 @@ def load_split(name: str, split: str, root: str | None = None, **options: Any) -
 
     reader = get_host().create("dataset", name, {"root": root, **options}, section="data")
     return reader.load(split)
+
+
+def read_split(data: PluginSection, split: str) -> SplitData:
+    """One split of the dataset a config's ``[data]`` section describes."""
+    from purer.plugins import get_host
+
+    return get_host().create("dataset", data.name, data.options, section="data").load(split)

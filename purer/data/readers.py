@@ -9,6 +9,7 @@ folder, truncated file, bad array, unsafe pickle) becomes a one-line
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -31,10 +32,34 @@ from purer.types import InputSpace, SplitData
 SPLITS = ("meta_train", "meta_val", "meta_test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DATA_DIR_ENV = "PURER_DATA_DIR"
-CACHE_DIR_ENV = "PURER_CACHE_DIR"
 
 
 # ---------------------------------------------------------------------- places
+class ClassIndex:
+    """A dataset's shipped class lists (a JSON file under ``purer/data``) and
+    the dataset-global id of each class name.
+
+    Global ids tell teachers' classes apart across splits and zoos: two
+    teachers share a class exactly when they share its id.
+    """
+
+    def __init__(self, filename: str, all_key: str) -> None:
+        self.filename, self.all_key = filename, all_key
+
+    @functools.cached_property
+    def lists(self) -> dict[str, Any]:
+        """The JSON's content: split lists and the list of all class names."""
+        import json
+        from importlib import resources
+
+        return json.loads(resources.files("purer.data").joinpath(self.filename).read_text())
+
+    def global_ids(self, names: Sequence[str]) -> list[int] | None:
+        """Each name's index in the full class list; None if any name is foreign."""
+        index = {n: i for i, n in enumerate(self.lists[self.all_key])}
+        return [index[n] for n in names] if all(n in index for n in names) else None
+
+
 def check_split(split: str, dataset: str) -> str:
     """Refuse split names other than the three meta splits, early and by name."""
     if split not in SPLITS:
@@ -290,15 +315,6 @@ def load_plain_pickle(path: Path) -> Any:
 
 
 # ---------------------------------------------------------------------- disk cache
-def cache_root(explicit: str | None = None) -> Path:
-    """Where decoded arrays are kept: ``explicit``, ``$PURER_CACHE_DIR`` or
-    ``~/.cache/purer``."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "purer"
-
-
 def cached_array(root: Path | None, key: str, build: Callable[[], np.ndarray],
                  shape: tuple[int, ...] | None = None) -> np.ndarray:
     """``build()`` once, then read it back from ``root/<sha256(key)>.npy``.

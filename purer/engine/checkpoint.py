@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from purer.errors import ConfigError
-from purer.rundir import RunDir, atomic_save_tensors, atomic_write_text, load_tensors
+from purer.rundir import atomic_save_tensors, atomic_write_text, load_tensors
 
 TENSOR = "__tensor__"
 
@@ -104,23 +104,3 @@ def restore_rng(state: dict[str, Tensor], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
-
-
-def load_meta_learner(run_dir: str | Path, which: str = "best",
-                      device: torch.device | str | None = None):
-    """The meta-learner of a finished (or running) run, with ``which`` weights.
-
-    Returns ``(learner, config, info)``; ``info`` says the step and the val
-    accuracy that selected the checkpoint.
-    """
-    from purer.engine.build import build_meta_learner
-    from purer.rundir import resolve_device
-
-    run = RunDir.open(run_dir)
-    config = run.load_config()
-    device = resolve_device(config.device) if device is None else torch.device(device)
-    learner = build_meta_learner(config, device)
-    state, info = load_state(run.checkpoints, which, device)
-    model_state = state["meta"]["model"] if "meta" in state else state["model"]
-    learner.model.load_state_dict(model_state)
-    return learner, config, info

@@ -1,17 +1,18 @@
 """Replay the device work of an outer step from CUDA graphs (``train.cuda_graph``).
 
 Why: on a GPU a Conv4 outer step is a few thousand small kernels, and the
-host cannot issue them as fast as the GPU runs them (on an H200, 55 ms of
-host time for about 12 ms of kernels per step). A CUDA graph records the
-kernels of one step once and replays them with a single launch.
+host cannot issue them as fast as the GPU runs them (docs/results.md has
+the measurements). A CUDA graph records the kernels of one step once and
+replays them with a single launch.
 
 What makes the step replayable: its shapes never change, and everything
 random is drawn on the CPU before the step (``ECITrainer.draw``) and copied
 into fixed device buffers, so a replay computes exactly the step that eager
 execution would compute on the same draws. The step holds no host sync: its
 numbers come back as 0-d tensors, read once after the replay. Both
-optimisers must be capturable (``capturable=True`` Adam), which the
-built-in inverter and meta-learner turn on when asked. The switch's scale
+optimisers must be capturable (``capturable=True`` Adam,
+``purer.kernels.optim.make_capturable``), which the built-in inverter and
+meta-learner turn on when asked. The switch's scale
 is a constant of the captured code, so there is one graph per scale value
 (two for the gradient switch: off and lambda).
 
@@ -31,27 +32,6 @@ import torch
 from torch import Tensor
 
 DeviceStep = Callable[[float, dict[str, Tensor]], dict[str, Tensor]]
-
-
-def make_capturable(optimizer: torch.optim.Optimizer, capturable: bool = True) -> None:
-    """Turn ``capturable`` on (Adam and friends): the step count and bias
-    corrections live on the device instead of being Python numbers baked
-    into a graph; or off again. Existing step counts move accordingly."""
-    for group in optimizer.param_groups:
-        group["capturable"] = capturable
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            if isinstance(state.get("step"), Tensor):
-                state["step"] = state["step"].to(param.device if capturable else "cpu", torch.float32)
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` that keeps the optimiser's own
-    ``capturable`` setting: a checkpoint of a CUDA-graph run resumes eagerly
-    on a CPU, and an eager checkpoint resumes under a graph."""
-    capturable = all(group.get("capturable", False) for group in optimizer.param_groups)
-    optimizer.load_state_dict(state)
-    make_capturable(optimizer, capturable)
 
 
 class GraphedStep:

@@ -19,10 +19,8 @@ from typing import Any
 import torch
 
 from purer.config import RunConfig
-from purer.data import load_split
 from purer.data.episodes import make_task_list
 from purer.engine import checkpoint as ckpt
-from purer.engine.build import build_meta_learner, build_meta_model, initialize, load_zoo
 from purer.engine.cuda_graph import GraphedStep
 from purer.engine.pseudo_episodes import (
     EpisodeDraw,
@@ -32,9 +30,9 @@ from purer.engine.pseudo_episodes import (
     sample_pseudo_episodes,
 )
 from purer.errors import ConfigError, DivergenceError
+from purer.evaluation.evaluator import evaluate
 from purer.interfaces import Curriculum, Inverter, MetaLearner
 from purer.pictures import save_curve, save_grid
-from purer.plugins import get_host
 from purer.progress import progress
 from purer.rundir import RunDir
 from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher
@@ -70,7 +68,8 @@ class ECITrainer:
                  teachers: list[Teacher], meta: MetaLearner, inverter: Inverter,
                  curriculum: Curriculum, space: InputSpace, val_split: SplitData | None = None,
                  generator: torch.Generator | None = None) -> None:
-        """Wire up ready components; ``from_config`` builds them from a config."""
+        """Wire up ready components (``purer.pipeline.build_trainer`` builds
+        them from a config)."""
         self.config, self.run, self.device = config, run, device
         self.teachers, self.meta, self.inverter, self.curriculum = teachers, meta, inverter, curriculum
         self.space, self.val_split = space, val_split
@@ -99,23 +98,6 @@ class ECITrainer:
                 raise
             return None
         return GraphedStep(self.device_step, self.device)
-
-    @classmethod
-    def from_config(cls, config: RunConfig, run: RunDir, device: torch.device) -> ECITrainer:
-        host, train = get_host(), config.train
-        generator = torch.Generator().manual_seed(config.seed)
-        teachers = load_zoo(config, device)
-        val_split = load_split(config.data.name, "meta_val", **config.data.options)
-        torch.manual_seed(config.seed)  # the meta-model's init depends on the seed alone
-        model = build_meta_model(config)
-        initialize(model, config.init.name, config.init.options, teachers)
-        meta = build_meta_learner(config, device, model)
-        inverter = host.create("inverter", config.inverter.name, config.inverter.options, "inverter")
-        inverter.setup(teachers, train.shot + train.query, device, generator)
-        curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
-                                 "curriculum")
-        return cls(config, run, device, teachers, meta, inverter, curriculum, val_split.space,
-                   val_split, generator)
 
     # ------------------------------------------------------------------ Alg. 1
     def sample(self, count: int, *, detach: bool) -> EpisodeBatch:
@@ -155,9 +137,7 @@ class ECITrainer:
                                   EpisodeDraw.from_tensors(_part(draws, "hard")), shot)
             reversed_loss = -scale * self.meta.outer_loss(hard, create_graph=True)[0]
         # Episode inversion: one step of the memory on Eq. 2 summed over teachers.
-        own_draws = _part(draws, "inverter")  # an inverter without draws keeps the one-argument step
-        inversion = (self.inverter.step(reversed_loss, own_draws) if own_draws
-                     else self.inverter.step(reversed_loss))
+        inversion = self.inverter.step(reversed_loss, _part(draws, "inverter"))
         # Pseudo episode training: MAML's outer update on a batch of episodes (Eq. 1).
         batch = build_episodes(self.inverter.bank(self.space, detach=True),
                                EpisodeDraw.from_tensors(_part(draws, "batch")), shot)
@@ -217,8 +197,6 @@ class ECITrainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, step: int) -> float:
-        from purer.evaluation.evaluator import evaluate
-
         result = evaluate(self.meta, self.val_tasks, self.val_split, self.device,
                           batch_tasks=self.config.eval.batch_tasks, description="meta-val")
         self.val_history.append((step, result.accuracy))

@@ -8,14 +8,13 @@ differentiates through the queries: adaptation runs with
 
 Two paths give the same numbers:
 
-* batched: with no calibrator (or ``none``), ``batch_tasks`` tasks at a time
-  go through ``learner.adapt_and_predict`` (a loop or a vmap inside the
-  learner, whichever its options choose);
-* per task: with a calibrator, each task is adapted with ``learner.adapt`` on
-  detached copies of the meta-parameters, then the calibrator predicts the
-  queries. A calibrator that offers ``predict_tasks`` (ICFIL does) gets the
-  adapted parameters of the whole batch stacked on a leading task axis, so
-  it can batch its own optimisation across tasks.
+* batched: with no calibrator (or a passthrough one such as ``none``),
+  ``batch_tasks`` tasks at a time go through ``learner.adapt_and_predict``
+  (a loop or a vmap inside the learner, whichever its options choose);
+* per task: with a calibrator, each task is adapted with
+  ``learner.test_adapt``, then the calibrator's ``predict_tasks`` gets the
+  adapted states of the whole batch stacked on a leading task axis, so it
+  can batch its own optimisation across tasks.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from purer.interfaces import Calibrator, MetaLearner, Params
+from purer.interfaces import Calibrator, MetaLearner
 from purer.progress import progress
 from purer.runtime import warn_if_slow_bf16
 from purer.types import EpisodeBatch, SplitData
@@ -83,63 +82,24 @@ def ci95(accuracies: Sequence[float] | Tensor) -> float:
     return float(1.96 * values.std(unbiased=False) / math.sqrt(n))
 
 
-def is_plain(calibrator: Calibrator | None) -> bool:
-    """True when the calibrator is absent or ``none`` (standard meta-testing)."""
-    return calibrator is None or getattr(calibrator, "name", "") == "none" \
-        or type(calibrator).__name__ == "NoCalibration"
-
-
-def _test_adapt_kwargs(learner: MetaLearner) -> dict[str, Any]:
-    """The learner's meta-test inner-loop settings, when it has separate ones,
-    so the per-task path adapts exactly like ``adapt_and_predict`` does."""
-    options = getattr(learner, "options", None)
-    kwargs: dict[str, Any] = {}
-    if getattr(options, "test_inner_steps", None) is not None:
-        kwargs["steps"] = options.test_inner_steps
-    if getattr(options, "test_inner_lr", None) is not None:
-        kwargs["lr"] = options.test_inner_lr
-    return kwargs
-
-
-def adapt_task(learner: MetaLearner, support: Tensor, labels: Tensor) -> Params:
-    """First-order adaptation of one task from detached copies of the
-    meta-parameters; returns detached adapted parameters."""
-    base = {k: v.detach().clone().requires_grad_() for k, v in learner.model.named_parameters()}
-    with torch.enable_grad():
-        adapted = learner.adapt(support, labels, create_graph=False, params=base,
-                                **_test_adapt_kwargs(learner))
-    return {k: v.detach() for k, v in adapted.items()}
-
-
 def batch_logits(learner: MetaLearner, batch: EpisodeBatch, calibrator: Calibrator | None = None,
                  mode: Mode = "auto") -> Tensor:
     """Query logits ``[E, NQ, way]`` of one batch of tasks."""
-    if mode == "batched" and not is_plain(calibrator):
-        raise ValueError("evaluate: mode='batched' needs no calibrator (or 'none')")
-    if mode != "per_task" and is_plain(calibrator):
+    passthrough = calibrator is None or calibrator.passthrough
+    if mode == "batched" and not passthrough:
+        raise ValueError("evaluate: mode='batched' needs no calibrator (or a passthrough one)")
+    if mode != "per_task" and passthrough:
         with torch.no_grad():
             return learner.adapt_and_predict(batch.support, batch.support_labels, batch.query)
-    calibrator = calibrator if calibrator is not None else _PlainPredict()
-    adapted = [adapt_task(learner, batch.support[t], batch.support_labels[t])
+    adapted = [learner.test_adapt(batch.support[t], batch.support_labels[t])
                for t in range(batch.num_episodes)]
     with torch.no_grad():  # calibrators that optimise switch grad on themselves
-        stacked_predict = getattr(calibrator, "predict_tasks", None)
-        if stacked_predict is not None:
-            stacked = {k: torch.stack([a[k] for a in adapted]) for k in adapted[0]}
-            return stacked_predict(learner, stacked, batch.support, batch.support_labels, batch.query)
-        return torch.stack([calibrator.predict(learner, adapted[t], batch.support[t],
-                                               batch.support_labels[t], batch.query[t])
-                            for t in range(batch.num_episodes)])
-
-
-class _PlainPredict:
-    """The per-task equivalent of standard meta-testing (used by mode='per_task')."""
-
-    name = "none"
-
-    def predict(self, learner: MetaLearner, params: Params, support: Tensor,
-                support_labels: Tensor, query: Tensor) -> Tensor:
-        return learner.predict(params, query)
+        if calibrator is None:
+            return torch.stack([learner.predict(adapted[t], batch.query[t])
+                                for t in range(batch.num_episodes)])
+        stacked = {k: torch.stack([a[k] for a in adapted]) for k in adapted[0]}
+        return calibrator.predict_tasks(learner, stacked, batch.support, batch.support_labels,
+                                        batch.query)
 
 
 def _to_channels_last(batch: EpisodeBatch) -> EpisodeBatch:
@@ -162,19 +122,20 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
         tasks: the seeded task list; every method should get the same one.
         split: the split the task list indexes into.
         device: where episodes are built and run.
-        calibrator: ``None``/``none`` for standard meta-testing, or e.g. ICFIL.
+        calibrator: ``None`` (or a passthrough one) for standard meta-testing,
+            or e.g. ICFIL.
         batch_tasks: tasks built (and, on the batched path, adapted) at once.
         mode: ``auto`` picks the batched path when there is no calibrator;
             ``per_task`` forces one ``adapt`` per task (same numbers, slower).
         channels_last: NHWC images and weights. It changes no result beyond
-            float rounding; on this project's 2-core CPUs it was no faster for
-            Conv4 (benchmarks/bench_eval.py), so it is off by default. It
-            converts ``learner.model`` in place.
+            float rounding and was no faster for Conv4 on the CPUs measured
+            (docs/results.md), so it is off by default. It converts
+            ``learner.model`` in place.
         precision: ``bf16`` runs adaptation and prediction under bfloat16
-            autocast (weights stay fp32): about twice as fast on CPUs with
-            AMX/AVX512-BF16, at the cost of bf16 rounding in every result;
-            many times slower on CPUs without them (it warns there).
-            Compare methods only at one precision.
+            autocast (weights stay fp32): faster on CPUs with AMX/AVX512-BF16,
+            at the cost of bf16 rounding in every result; many times slower
+            on CPUs without them (it warns there). Compare methods only at
+            one precision.
         description: label of the progress bar.
     """
     device = torch.device(device)

@@ -237,7 +237,7 @@ def _train_teacher(plan: TeacherPlan, split: SplitData, options: ZooBuildOptions
     train_x, train_y = tensors(train_idx)
     held_x, held_y = tensors(held_idx)
     settings = TrainSettings.for_arch(plan.arch, options.epochs, options.batch_size, options.lr,
-                                      options.augment)
+                                      options.augment, options.adam_archs)
     kwargs = arch_kwargs_for(plan.arch, options.arch_kwargs, archs)
     with torch.random.fork_rng(devices=[]):  # model init seeded, global RNG untouched
         torch.manual_seed(plan.seed)

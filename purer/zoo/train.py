@@ -10,7 +10,7 @@ the last).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -36,11 +36,12 @@ class TrainSettings:
 
     @classmethod
     def for_arch(cls, arch: str, epochs: int, batch_size: int, lr: float | None,
-                 augment: bool) -> TrainSettings:
-        """Adam lr 0.01 for Conv4; SGD lr 0.01, momentum 0.9, wd 5e-4 for the rest;
-        x0.2 at 1/2, 2/3 and 5/6 of the epochs (30/40/50 of 60)."""
+                 augment: bool, adam_archs: Sequence[str]) -> TrainSettings:
+        """Adam lr 0.01 for the ``adam_archs`` (the paper: Conv4); SGD lr 0.01,
+        momentum 0.9, wd 5e-4 for the rest; x0.2 at 1/2, 2/3 and 5/6 of the
+        epochs (30/40/50 of 60)."""
         milestones = [int(round(epochs * f)) for f in (1 / 2, 2 / 3, 5 / 6)]
-        if arch == "conv4":
+        if arch in adam_archs:
             return cls(epochs, batch_size, "adam", lr or 0.01, 0.0, 0.0, milestones,
                        augment=augment)
         return cls(epochs, batch_size, "sgd", lr or 0.01, 0.9, 5e-4, milestones, augment=augment)

@@ -1,0 +1,105 @@
+"""Turn a resolved configuration into ready components.
+
+Each function takes the configuration section it uses; :func:`build_trainer`
+wires a whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from purer.cache import cache_dir
+from purer.config import InversionSection, PluginSection, RunConfig, TrainSection, ZooSection
+from purer.data import read_split
+from purer.engine.trainer import ECITrainer
+from purer.interfaces import Calibrator, MetaLearner
+from purer.inversion import InversionLoss
+from purer.plugins import get_host
+from purer.rundir import RunDir
+from purer.types import Teacher
+
+
+def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path:
+    """The configured zoo, or a cached one built (once) from ``zoo.build``."""
+    if zoo.path:
+        return Path(zoo.path)
+    from purer.zoo.build import build_zoo
+
+    recipe = {"data": data.model_dump(), "build": zoo.build.model_dump()}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    out = cache_dir() / "zoos" / f"{data.name}-{key}"
+    if not (out / ".complete").exists():
+        options = data.option_dict()
+        root = options.pop("root", None)
+        build_zoo(zoo.build, data.name, root, out, device, data_options=options)
+        (out / ".complete").write_text(json.dumps(recipe))
+    return out
+
+
+def load_zoo(zoo: ZooSection, data: PluginSection, device: torch.device) -> list[Teacher]:
+    from purer.zoo.load import load_teachers
+
+    return load_teachers(zoo_path(zoo, data, device), device)
+
+
+def build_meta_model(train: TrainSection, way: int | None = None) -> torch.nn.Module:
+    """A fresh meta-model of ``train.meta_arch`` with a ``way``-class head
+    (default: the training way)."""
+    from purer.models import create_model
+
+    return create_model(train.meta_arch, num_classes=way or train.way, **train.meta_arch_kwargs)
+
+
+def initialize(model: torch.nn.Module, init: PluginSection, teachers: Sequence[Teacher],
+               section: str = "init") -> None:
+    get_host().create("initializer", init.name, init.options, section=section).initialize(model, teachers)
+
+
+def needs_teachers(init: str) -> bool:
+    """Whether initialiser ``init`` reads the zoo (so it has to be loaded)."""
+    return get_host().get("initializer", init).needs_teachers
+
+
+def build_meta_learner(meta: PluginSection, model: torch.nn.Module,
+                       device: torch.device) -> MetaLearner:
+    learner = get_host().create("meta_learner", meta.name, meta.options, section="meta")
+    learner.setup(model, device)
+    return learner
+
+
+def build_inversion(inversion: InversionSection) -> InversionLoss:
+    """The run's inversion loss: each configured term, built with its options."""
+    host = get_host()
+    return InversionLoss([(name, host.create("inversion_term", name, inversion.options_of(name),
+                                             section=f"inversion.term_options.{name}"), weight)
+                          for name, weight in inversion.terms.items()])
+
+
+def build_calibrator(calibrator: PluginSection, inversion: InversionSection) -> Calibrator:
+    built = get_host().create("calibrator", calibrator.name, calibrator.options, section="calibrator")
+    built.setup(build_inversion(inversion))
+    return built
+
+
+def build_trainer(config: RunConfig, run: RunDir, device: torch.device) -> ECITrainer:
+    """Everything Alg. 1 needs, from the configuration: teachers, the
+    initialised meta-model in its learner, the inverter, the curriculum."""
+    host, train = get_host(), config.train
+    generator = torch.Generator().manual_seed(config.seed)
+    teachers = load_zoo(config.zoo, config.data, device)
+    val_split = read_split(config.data, "meta_val")
+    torch.manual_seed(config.seed)  # the meta-model's init depends on the seed alone
+    model = build_meta_model(train)
+    initialize(model, config.init, teachers)
+    meta = build_meta_learner(config.meta, model, device)
+    inverter = host.create("inverter", config.inverter.name, config.inverter.options, section="inverter")
+    inverter.setup(teachers, train.shot + train.query, device, generator, build_inversion(config.inversion))
+    curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
+                             section="curriculum")
+    return ECITrainer(config, run, device, teachers, meta, inverter, curriculum, val_split.space,
+                      val_split, generator)

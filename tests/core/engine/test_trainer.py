@@ -1,0 +1,150 @@
+"""The ECI engine end to end on a tiny zoo: logging, checkpoints, resume, guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import purer
+from purer.cli.main import main
+from purer.config import build_config, to_toml
+from purer.engine.checkpoint import load_state
+from purer.interfaces import InversionTerm
+from purer.pipeline.final import load_meta_learner
+from purer.plugins import get_host
+
+TINY = {
+    "seed": 3,
+    "data": {"name": "synthetic-shapes", "images_per_class": 60},
+    "train": {"steps": 12, "val_every": 4, "val_tasks": 8, "checkpoint_every": 4, "image_every": 6,
+              "query": 3, "meta_arch_kwargs": {"width": 8}},
+    "curriculum": {"name": "gradient-switch", "start": 2, "window": 2},
+    "eval": {"batch_tasks": 8},
+}
+
+
+def write_config(tmp_path: Path, zoo: Path, **changes) -> Path:
+    config = json.loads(json.dumps(TINY))
+    config["zoo"] = {"path": str(zoo)}
+    config["out"] = str(tmp_path / "runs")
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / "run.toml"
+    path.write_text(to_toml(build_config(config, host=get_host())))
+    return path
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds", None)
+    return rows
+
+
+def run_cli(*args: str) -> None:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"purer {' '.join(args)} exited with {exc.code}"
+
+
+def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo):
+    config = write_config(tmp_path, tiny_zoo)
+    run_cli("run", "--config", str(config), "--name", "r", "--no-eval")
+    run = tmp_path / "runs" / "r"
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    for key in ("outer_loss", "train_accuracy", "switch", "inv_ce", "inv_tv", "inv_l2", "inv_bn", "inv_total"):
+        assert key in rows[0]
+    assert [r["step"] for r in rows if "val_accuracy" in r] == [4, 8, 12]
+    assert any(r["switch"] for r in rows)  # start=2: fires at step 3 (reference rule)
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 12
+    state, info = load_state(run / "checkpoints", "best")
+    assert info["step"] in (4, 8, 12)
+    assert (run / "images" / "val_accuracy.png").is_file()
+    assert len(list((run / "images" / "memory-step000006").glob("*.png"))) == 4
+    learner, config_loaded, info = load_meta_learner(run, "best", "cpu")
+    assert config_loaded.train.steps == 12
+    for k, v in learner.model.state_dict().items():
+        assert torch.equal(v, state["model"][k])
+
+
+def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, tiny_zoo):
+    config = write_config(tmp_path, tiny_zoo, **{"train.steps": 24, "train.checkpoint_every": 4,
+                                                 "train.val_every": 6, "inverter.cpu_workers": 2,
+                                                 "meta.cpu_workers": 2})
+    # every phase in a process of its own, as a user would run them
+    # (one intra-op thread: tiny models, and no slowdown when the machine is busy;
+    # teachers and episodes on two worker threads, as `auto` gives on a 2-core CPU)
+    purer = [sys.executable, "-m", "purer.cli.main", "run", "--no-eval"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
+    subprocess.run([*purer, "--config", str(config), "--name", "whole"], check=True, **quiet)
+    killed = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([*purer, "--config", str(config), "--name", "killed"], **quiet)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        path = killed / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    saved = json.loads((killed / "checkpoints" / "last.json").read_text())["step"]
+    assert 4 <= saved < 24
+    subprocess.run([*purer, "--resume", str(killed)], check=True, **quiet)
+    assert metrics(killed) == metrics(tmp_path / "runs" / "whole")
+
+
+class Exploding(InversionTerm):
+    """Finite for six outer steps, then NaN (one call per teacher per step)."""
+
+    calls = 0
+
+    def __call__(self, ctx):
+        Exploding.calls += 1
+        step = (Exploding.calls - 1) // 4 + 1
+        return ctx.images.sum() * 0 + (float("nan") if step >= 7 else 0.0)
+
+
+class ExplodingPlugin:
+    @purer.hookimpl
+    def register_inversion_terms(self, register):
+        register("exploding", Exploding)
+
+
+def test_divergence_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_zoo, register_plugin):
+    register_plugin(ExplodingPlugin(), name="exploding-plugin")
+    Exploding.calls = 0
+    config = write_config(tmp_path, tiny_zoo)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(config), "--name", "d", "--no-eval",
+              "--set", 'inversion.terms={ce = 1.0, exploding = 1.0}'])
+    assert exc.value.code == 2
+    run = tmp_path / "runs" / "d"
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 4
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["diverged"] == "inv_exploding" and rows[-1]["step"] == 7
+    state, _ = load_state(run / "checkpoints", "last")
+    assert all(torch.isfinite(m).all() for m in state["inverter"]["memory"])
+
+
+def test_bad_config_is_one_line_error(tmp_path, tiny_zoo, capsys):
+    config = write_config(tmp_path, tiny_zoo)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(config), "--set", "train.way=1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: train.way")
