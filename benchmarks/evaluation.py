@@ -47,7 +47,8 @@ class Evaluation:
     def __init__(self, config: RunConfig, device: torch.device, split: SplitData) -> None:
         e, train = config.eval, config.train
         self.config, self.device, self.split = config, device, split
-        self.tasks: TaskList = make_task_list(split, train.way, train.shot, e.query, e.tasks, e.seed)
+        self.tasks: TaskList = make_task_list(split, train.way, train.shot, e.query, e.tasks,
+                                              e.seed)
         torch.manual_seed(config.seed)
         self.learner: MetaLearner = build_meta_learner(config.meta, build_meta_model(train), device)
         calibrator = build_calibrator(config.calibrator, config.inversion)
@@ -88,9 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     config = configs["base"]
     device = resolve_device(config.device)
     runs = prepared(configs, device)
-    seconds, results = timing.alternate(
-        {name: (lambda i, run=run: run(args.channels_last, args.precision)) for name, run in runs.items()},
-        args.repeats, args.warmup, timing.synchronizer(device))
+    calls = {name: (lambda i, run=run: run(args.channels_last, args.precision))
+             for name, run in runs.items()}
+    seconds, results = timing.alternate(calls, args.repeats, args.warmup,
+                                        timing.synchronizer(device))
     report = timing.compare(seconds)
     last: EvalResult = results["base"][-1]
     row = {"benchmark": "evaluation", "dataset": config.data.name, "split": config.eval.split,

@@ -17,7 +17,7 @@ part.
    ``--eval-data`` dataset, in several batchings, and ICFIL.
 
     python -m benchmarks gpu --json gpu.jsonl --eval-data synthetic-shapes,cifar-fs
-    python -m benchmarks gpu --repeats 2 --warmup 1 --eval-tasks 20 --only 1shot-batched  # CPU dry run
+    python -m benchmarks gpu --repeats 2 --warmup 1 --eval-tasks 20 --only 1shot-batched  # on a CPU
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from benchmarks.evaluation import prepared
 from purer.rundir import resolve_device
 
 # The smallest run (tests/core/test_benchmarks.py): the checks and one step variant, tiny.
-SMOKE = ["--config", options.TINY_CONFIG, "--classes", "10", "--only", "1shot-batched", "--repeats", "1",
-         "--warmup", "0", "--eval-tasks", "0"]
+SMOKE = ["--config", options.TINY_CONFIG, "--classes", "10", "--only", "1shot-batched",
+         "--repeats", "1", "--warmup", "0", "--eval-tasks", "0"]
 
 SH = 'zoo.build.arch=["conv4", "cifar_resnet10", "cifar_resnet18"]'
 UNBATCHED = ["inverter.batch_teachers=off", "meta.batch_episodes=loop"]
@@ -78,8 +78,9 @@ def check_batching(args: argparse.Namespace, device: torch.device) -> dict[str, 
                               ("on", ["inverter.batch_teachers=on", "meta.batch_episodes=vmap"])):
         config = options.run_config(args, step.BASE, [*EAGER, *assignments])
         trainer = step.build(config, device, args.classes)
-        loss, _ = trainer.inverter.inversion_loss()  # deepinv's own: the summed loss of all teachers
-        grads[mode] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, trainer.inverter.memory)])
+        loss, _ = trainer.inverter.inversion_loss()  # deepinv's own: summed over the teachers
+        memory = trainer.inverter.memory
+        grads[mode] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, memory)])
         losses[mode] = loss.detach()
         episodes = trainer.sample(4, detach=True)
         outer, _ = trainer.meta.outer_loss(episodes, create_graph=True)
@@ -130,7 +131,8 @@ def time_variant(args: argparse.Namespace, name: str, device: torch.device) -> d
                            "switch_fired": fired["base"], "median_ms": round(1000 * median, 2),
                            "min_ms": round(1000 * min(times), 2),
                            "minutes_60k": round(median * 60000 / 60, 1),
-                           "setup_and_warmup_s": round(time.perf_counter() - started - sum(times), 1),
+                           "setup_and_warmup_s": round(time.perf_counter() - started - sum(times),
+                                                       1),
                            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)
                            if device.type == "cuda" else None}
     if trainer.graphed is not None:
@@ -142,13 +144,16 @@ def eval_rows(args: argparse.Namespace, device: torch.device) -> Iterator[dict[s
     for dataset in args.eval_data.split(","):
         for batching, batch_tasks, precision in EVAL_VARIANTS:
             config = options.run_config(args, EVAL_BASE, [
-                f"data.name={dataset}", f"eval.tasks={args.eval_tasks}", f"eval.batch_tasks={batch_tasks}",
-                f"meta.test_batching={batching}", "calibrator.name=none"])
+                f"data.name={dataset}", f"eval.tasks={args.eval_tasks}",
+                f"eval.batch_tasks={batch_tasks}", f"meta.test_batching={batching}",
+                "calibrator.name=none"])
             run = prepared({"base": config}, device)["base"]
-            seconds, results = timing.alternate({"base": lambda i, run=run, precision=precision: run(False, precision)},
-                                                args.eval_repeats, 0, timing.synchronizer(device))
+            call = {"base": lambda i, run=run, precision=precision: run(False, precision)}
+            seconds, results = timing.alternate(call, args.eval_repeats, 0,
+                                                timing.synchronizer(device))
             yield {"dataset": dataset, "tasks": args.eval_tasks, "batching": batching,
-                   "batch_tasks": batch_tasks, "precision": precision, **timing.summary(seconds["base"]),
+                   "batch_tasks": batch_tasks, "precision": precision,
+                   **timing.summary(seconds["base"]),
                    "accuracy": round(results["base"][-1].accuracy, 3)}
         if args.icfil_tasks:
             count = min(args.icfil_tasks, args.eval_tasks)
@@ -157,7 +162,8 @@ def eval_rows(args: argparse.Namespace, device: torch.device) -> Iterator[dict[s
                 "calibrator.name=icfil", "calibrator.batching=vmap"])
             result = prepared({"base": config}, device)["base"]()
             yield {"dataset": dataset, "calibrator": "icfil", "tasks": count,
-                   "seconds": round(result.seconds, 2), "seconds_per_task": round(result.seconds_per_task, 3)}
+                   "seconds": round(result.seconds, 2),
+                   "seconds_per_task": round(result.seconds_per_task, 3)}
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -170,7 +176,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--eval-data", default="synthetic-shapes",
                         help="datasets of the evaluation rows, comma-separated (files from "
                              "$PURER_DATA_DIR/<dataset>)")
-    parser.add_argument("--icfil-tasks", type=int, default=50, help="tasks of the ICFIL rows (0: none)")
+    parser.add_argument("--icfil-tasks", type=int, default=50,
+                        help="tasks of the ICFIL rows (0: none)")
     return parser
 
 
@@ -181,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     names = args.only.split(",") if args.only else list(STEP_VARIANTS)
     unknown = [n for n in names if n not in STEP_VARIANTS]
     if unknown:
-        raise SystemExit(f"error: --only: unknown variant '{unknown[0]}' ({', '.join(STEP_VARIANTS)})")
+        raise SystemExit(f"error: --only: unknown variant '{unknown[0]}' "
+                         f"({', '.join(STEP_VARIANTS)})")
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any]) -> None:

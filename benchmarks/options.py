@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from purer.cli.options import options_layer
 from purer.config import RunConfig, build_config, load_preset, load_toml
-
 
 # The smallest settings (tiny models, few classes and tasks): what a benchmark's SMOKE
 # arguments use to show that it runs, never for a measurement.
@@ -69,7 +67,8 @@ def parser(name: str, doc: str | None, *, shortcuts: Iterable[str] = (), repeats
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     config = p.add_argument_group("what runs (a purer run configuration)")
     config.add_argument("--preset", help="a shipped configuration (see `purer config presets`)")
-    config.add_argument("--config", dest="config_path", metavar="FILE", help="a TOML run configuration")
+    config.add_argument("--config", dest="config_path", metavar="FILE",
+                        help="a TOML run configuration")
     config.add_argument("--set", dest="assignments", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
     for option in shortcuts:
@@ -84,7 +83,8 @@ def parser(name: str, doc: str | None, *, shortcuts: Iterable[str] = (), repeats
                                  "median of the per-pair ratios (variant over base)")
     timing = p.add_argument_group("timing and output")
     if repeats is not None:
-        timing.add_argument("--repeats", type=int, default=repeats, help="measured runs per variant")
+        timing.add_argument("--repeats", type=int, default=repeats,
+                            help="measured runs per variant")
         timing.add_argument("--warmup", type=int, default=warmup, help="untimed runs first")
     timing.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     timing.add_argument("--json", dest="json_path", metavar="FILE",

@@ -58,8 +58,8 @@ def run_child(benchmark: str, own: list[str], shared: list[str],
     with tempfile.TemporaryDirectory(prefix="purer-speed-") as scratch:
         out = Path(scratch) / "rows.jsonl"
         env = {**os.environ, "PURER_MALLOC_TUNING": "1" if malloc_tuning else "0"}
-        subprocess.run([sys.executable, "-m", "benchmarks", benchmark, *own, *shared, "--json", str(out)],
-                       check=True, env=env, cwd=REPO)
+        command = [sys.executable, "-m", "benchmarks", benchmark, *own, *shared, "--json", str(out)]
+        subprocess.run(command, check=True, env=env, cwd=REPO)
         rows = timing.read_rows(out)
     return [{**row, "benchmark": "speed", "part": row["benchmark"], "args": shlex.join(own),
              "malloc_tuning": malloc_tuning} for row in rows]
@@ -78,11 +78,12 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str], bool]]:
              for v in (EVAL_VARIANTS[:1] if args.quick else EVAL_VARIANTS)]
     runs += [("evaluation", e, True) for e in evals]
     if args.icfil_tasks and not args.quick:
-        runs += [("evaluation", ["--data", d, "--calibrator", "icfil", "--tasks", str(args.icfil_tasks),
-                                 "--repeats", "1"], True) for d in datasets]
+        runs += [("evaluation", ["--data", d, "--calibrator", "icfil",
+                                 "--tasks", str(args.icfil_tasks), "--repeats", "1"], True)
+                 for d in datasets]
     if not args.quick:  # the allocator's share, on the default settings
-        runs += [("step", ["--shot", "1"], False), ("evaluation", ["--data", datasets[0], *EVAL_VARIANTS[0]],
-                                                    False)]
+        runs += [("step", ["--shot", "1"], False),
+                 ("evaluation", ["--data", datasets[0], *EVAL_VARIANTS[0]], False)]
     return runs
 
 
@@ -111,7 +112,8 @@ def table(rows: list[dict[str, Any]]) -> Table:
         setting = r["args"] + ("" if r["malloc_tuning"] else "  (PURER_MALLOC_TUNING=0)")
         if r["part"] == "step":
             result.add_row("ECI outer step", setting, f"{r['median_s']:.3f} s",
-                           f"{r['hours_60k']:.1f} h for 60k steps; peak RSS {r['peak_rss_mb']:.0f} MB")
+                           f"{r['hours_60k']:.1f} h for 60k steps; "
+                           f"peak RSS {r['peak_rss_mb']:.0f} MB")
         else:
             result.add_row(f"{r['tasks']}-task eval", setting, f"{r['median_s']:.2f} s",
                            f"{r['seconds_per_task']:.3f} s/task; {r['dataset']}")
@@ -125,7 +127,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--eval-data", default="synthetic-shapes",
                         help="datasets of the evaluation rows, comma-separated")
     parser.add_argument("--eval-repeats", type=int, default=3, help="evaluations per setting")
-    parser.add_argument("--icfil-tasks", type=int, default=20, help="tasks of the ICFIL rows (0: none)")
+    parser.add_argument("--icfil-tasks", type=int, default=20,
+                        help="tasks of the ICFIL rows (0: none)")
     return parser
 
 

@@ -56,7 +56,8 @@ def random_teachers(build: ZooBuildOptions, classes: int, device: torch.device) 
     for k, start in enumerate(range(0, classes, build.way)):
         ids = list(range(start, min(start + build.way, classes)))
         arch = archs[k % len(archs)]
-        model = create_model(arch, num_classes=len(ids), **arch_kwargs_for(arch, build.arch_kwargs, archs))
+        kwargs = arch_kwargs_for(arch, build.arch_kwargs, archs)
+        model = create_model(arch, num_classes=len(ids), **kwargs)
         model = model.to(device).eval().requires_grad_(False)
         teachers.append(Teacher(f"t{k:02d}", model, ids, [str(i) for i in ids], CIFAR, arch=arch,
                                 bn_layers=find_bn_layers(model)))
@@ -76,8 +77,10 @@ def build(config: RunConfig, device: torch.device, classes: int = CIFAR_FS_CLASS
     host, train = get_host(), config.train
     generator = torch.Generator().manual_seed(config.seed)
     meta = build_meta_learner(config.meta, build_meta_model(train), device)
-    inverter = host.create("inverter", config.inverter.name, config.inverter.options, section="inverter")
-    inverter.setup(teachers, train.shot + train.query, device, generator, build_inversion(config.inversion))
+    inverter = host.create("inverter", config.inverter.name, config.inverter.options,
+                           section="inverter")
+    inverter.setup(teachers, train.shot + train.query, device, generator,
+                   build_inversion(config.inversion))
     curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
                              section="curriculum")
     return ECITrainer(config, None, device, teachers, meta, inverter, curriculum, space,
@@ -89,8 +92,8 @@ def time_steps(trainers: Mapping[str, ECITrainer], repeats: int, warmup: int
     """Seconds of each measured outer step per trainer (the trainers take
     turns, device work inside the clock) and how often the switch fired."""
     device = next(iter(trainers.values())).device
-    seconds, records = timing.alternate({name: trainer.outer_step for name, trainer in trainers.items()},
-                                        repeats, warmup, timing.synchronizer(device))
+    steps = {name: trainer.outer_step for name, trainer in trainers.items()}
+    seconds, records = timing.alternate(steps, repeats, warmup, timing.synchronizer(device))
     return seconds, {name: sum(r["switch"] for r in rs) for name, rs in records.items()}
 
 

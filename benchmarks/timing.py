@@ -28,7 +28,8 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def alternate(runs: Mapping[str, Callable[[int], Any]], repeats: int, warmup: int,
-              sync: Callable[[], None] = lambda: None) -> tuple[dict[str, list[float]], dict[str, list]]:
+              sync: Callable[[], None] = lambda: None
+              ) -> tuple[dict[str, list[float]], dict[str, list]]:
     """Call each variant's ``run(i)`` (``i`` = 1, 2, ...) ``warmup + repeats``
     times, variants taking turns; returns the seconds of each measured call and
     what each measured call returned, per variant."""

@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--run", help="a run directory with a best checkpoint")
     parser.add_argument("--init", default=REAL_DATA, help=f"without --run: '{REAL_DATA}' (the "
                         "learner trained on real data) or an initialiser that needs no teachers")
-    parser.add_argument("--init-steps", type=int, default=300, help=f"outer steps of --init {REAL_DATA}")
+    parser.add_argument("--init-steps", type=int, default=300,
+                        help=f"outer steps of --init {REAL_DATA}")
     parser.add_argument("--data", default="synthetic-shapes")
     parser.add_argument("--root", help="dataset folder (default: $PURER_DATA_DIR/<dataset>)")
     parser.add_argument("--way", type=int, default=5)

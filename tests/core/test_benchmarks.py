@@ -62,7 +62,8 @@ def test_the_listing_names_every_benchmark(suite, capsys):
 
 def test_an_unknown_benchmark_is_one_line_and_status_2(suite, capsys):
     assert suite.main(["nope"]) == 2
-    assert capsys.readouterr().err.strip().startswith("error: unknown benchmark 'nope' (available: ")
+    assert capsys.readouterr().err.strip().startswith(
+        "error: unknown benchmark 'nope' (available: ")
 
 
 def test_a_bad_option_is_one_line_naming_the_key(suite, capsys):
