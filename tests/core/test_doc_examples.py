@@ -258,6 +258,19 @@ DRIVERS = {"inverter": drive_inverter, "meta_learner": drive_meta_learner,
            "dataset": drive_dataset}
 
 
+@pytest.mark.parametrize(("doc", "line", "code"), BLOCKS, ids=[f"{d}:{n}" for d, n, _ in BLOCKS])
+def test_documented_plugins_import_only_the_public_api(doc, line, code):
+    """What the pages teach is what tests/plugins/test_boundary.py demands of
+    plugin modules (a block with test functions is test code: exempt)."""
+    tree = ast.parse(code)
+    if any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_") for n in tree.body):
+        return
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module] + \
+        [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    outside = [m for m in imported if m.startswith("purer") and m not in ("purer", "purer.api")]
+    assert not outside, f"docs/{doc}:{line} imports {outside}; plugins import purer.api only"
+
+
 def test_the_pages_show_every_kind_of_component():
     shown = {kind for doc, line, code in BLOCKS if doc == "interfaces.md"
              for kind, _ in components(load(doc, line, code))}
