@@ -1,76 +1,86 @@
 """One call on a lent GPU: check the CUDA path, then time the ECI step and evaluation.
 
-Meant for a short lease (issue 5, item 10: the paper's 60,000 steps in under
-15 minutes on one H100 means <= 15 ms per outer step). Everything runs in one
-process so that CUDA start-up and imports are paid once; every result is
-printed and appended to ``--out`` (JSON lines) the moment it exists, so a run
-cut short still leaves what it measured.
+Meant for a short lease (the paper's 60,000 steps in under 15 minutes on one
+H100 means at most 15 ms per outer step). Everything runs in one process so
+that CUDA start-up and imports are paid once; every result is printed (and
+appended to ``--json``) the moment it exists, so a run cut short still
+leaves what it measured. ``--preset``/``--config``/``--set`` apply to every
+part.
 
-1. Checks on the device, fp32: the vmapped teacher groups against one teacher
-   at a time (loss and memory gradients), MAML's vmapped episodes against the
-   loop (outer loss and meta-gradients). Relative differences are printed.
-2. The ECI step of bench_step.py (13 Conv4 teachers, episode batch 4,
-   second-order MAML, switch on) in several variants, median seconds per step.
-3. 600-task evaluation (bench_eval.py), 5-way 1-shot, on the built-in dataset
-   and on CIFAR-FS if ``--cifar-fs`` points to its folder.
+1. Checks on the device, fp32: the vmapped teacher groups of ``deepinv``
+   against one teacher at a time (loss and memory gradients), MAML's
+   vmapped episodes against the loop (outer loss and meta-gradients), and on
+   CUDA where a step would wait for the host (which a graph capture cannot).
+2. The ``step`` benchmark's configuration in the variants of
+   :data:`STEP_VARIANTS` (``--only`` picks some), median seconds per step.
+3. Evaluation (the ``evaluation`` benchmark), 5-way 1-shot, on each
+   ``--eval-data`` dataset, in several batchings, and ICFIL.
 
-    python benchmarks/gpu.py --out gpu.jsonl [--cifar-fs DIR] [--steps 50] [--only NAME,...]
-    python benchmarks/gpu.py --steps 2 --warmup 1 --eval-tasks 20 --only 1shot-batched   # a CPU dry run
+    python -m benchmarks gpu --json gpu.jsonl --eval-data synthetic-shapes,cifar-fs
+    python -m benchmarks gpu --repeats 2 --warmup 1 --eval-tasks 20 --only 1shot-batched  # on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from bench_eval import time_icfil, time_plain
-from bench_step import build, time_steps
 
-from purer.data import load_split
-from purer.data.episodes import make_task_list
-from purer.runtime import strict_fp32, tune_allocator
+from benchmarks import options, step, timing
+from benchmarks.evaluation import BASE as EVAL_BASE
+from benchmarks.evaluation import prepared
+from purer.rundir import resolve_device
 
-# name -> bench_step options (anything not given takes bench_step's default)
-STEP_VARIANTS = {
-    "1shot-batched": {},
-    "1shot-unbatched": {"batch_teachers": "off", "batch_episodes": "loop"},
-    "5shot-batched": {"shot": 5},
-    "1shot-batched-bf16": {"precision": "bf16"},
-    "1shot-batched-compile": {"compile": True},
-    "5shot-batched-compile": {"shot": 5, "compile": True},
-    "1shot-batched-first-order": {"first_order": True},
-    "sh-1shot-batched": {"arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
-    "1shot-graph": {"cuda_graph": "on"},
-    "5shot-graph": {"shot": 5, "cuda_graph": "on"},
-    "1shot-graph-unbatched": {"cuda_graph": "on", "batch_teachers": "off", "batch_episodes": "loop"},
-    "1shot-graph-bf16": {"cuda_graph": "on", "precision": "bf16"},
-    "1shot-graph-compile": {"cuda_graph": "on", "compile": True},
-    "sh-1shot-graph": {"cuda_graph": "on", "arch": ["conv4", "cifar_resnet10", "cifar_resnet18"]},
+# The smallest run (tests/core/test_benchmarks.py): the checks and one step variant, tiny.
+SMOKE = ["--config", options.TINY_CONFIG, "--classes", "10", "--only", "1shot-batched",
+         "--repeats", "1", "--warmup", "0", "--eval-tasks", "0"]
+
+SH = 'zoo.build.arch=["conv4", "cifar_resnet10", "cifar_resnet18"]'
+UNBATCHED = ["inverter.batch_teachers=off", "meta.batch_episodes=loop"]
+GRAPH = ["train.cuda_graph=true"]
+# name -> assignments over the step benchmark's configuration (eager unless it says graph)
+STEP_VARIANTS: dict[str, list[str]] = {
+    "1shot-batched": [],
+    "1shot-unbatched": UNBATCHED,
+    "5shot-batched": ["train.shot=5"],
+    "1shot-batched-bf16": ["inverter.precision=bf16"],
+    "1shot-batched-compile": ["inverter.compile=true"],
+    "5shot-batched-compile": ["train.shot=5", "inverter.compile=true"],
+    "1shot-batched-first-order": ["meta.first_order=true"],
+    "sh-1shot-batched": [SH],
+    "1shot-graph": GRAPH,
+    "5shot-graph": [*GRAPH, "train.shot=5"],
+    "1shot-graph-unbatched": [*GRAPH, *UNBATCHED],
+    "1shot-graph-bf16": [*GRAPH, "inverter.precision=bf16"],
+    "1shot-graph-compile": [*GRAPH, "inverter.compile=true"],
+    "sh-1shot-graph": [*GRAPH, SH],
 }
-STEP_DEFAULTS = {"shot": 1, "precision": "fp32", "compile": False, "no_fold": False, "zoo": None,
-                 "arch": ["conv4"], "first_order": False, "native_batch_norm": False,
-                 "batch_teachers": "auto", "batch_episodes": "auto", "cuda_graph": "off"}
+EAGER = ["train.cuda_graph=false"]
+# (meta.test_batching, eval.batch_tasks, precision) of the evaluation rows
+EVAL_VARIANTS = [("vmap", 50, "fp32"), ("vmap", 200, "fp32"), ("vmap", 600, "fp32"),
+                 ("loop", 50, "fp32"), ("vmap", 200, "bf16")]
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def check_batching(device: torch.device) -> dict:
+def check_batching(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Batched and one-at-a-time paths on this device: the same numbers up to rounding."""
     losses, grads, metas = {}, {}, {}
-    for mode in ("off", "on"):
-        trainer = build(argparse.Namespace(**{**STEP_DEFAULTS, "batch_teachers": mode,
-                                              "batch_episodes": "loop" if mode == "off" else "vmap"}),
-                        device)
-        loss, _ = trainer.inverter.inversion_loss()
-        grads[mode] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, trainer.inverter.memory)])
+    for mode, assignments in (("off", UNBATCHED),
+                              ("on", ["inverter.batch_teachers=on", "meta.batch_episodes=vmap"])):
+        config = options.run_config(args, step.BASE, [*EAGER, *assignments])
+        trainer = step.build(config, device, args.classes)
+        loss, _ = trainer.inverter.inversion_loss()  # deepinv's own: summed over the teachers
+        memory = trainer.inverter.memory
+        grads[mode] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, memory)])
         losses[mode] = loss.detach()
         episodes = trainer.sample(4, detach=True)
         outer, _ = trainer.meta.outer_loss(episodes, create_graph=True)
@@ -83,13 +93,13 @@ def check_batching(device: torch.device) -> dict:
             "meta_grad_rel": relative(metas["on"][1], metas["off"][1])}
 
 
-def audit_syncs(device: torch.device) -> Iterator[dict]:
+def audit_syncs(args: argparse.Namespace, device: torch.device) -> Iterator[dict[str, Any]]:
     """Where the device work of a step would wait for the host (which a
     CUDA graph capture cannot do): one step per switch state under
     ``torch.cuda.set_sync_debug_mode("error")``, reporting the first sync."""
-    trainer = build(argparse.Namespace(**STEP_DEFAULTS), device)
-    for step in (1, 2):
-        trainer.outer_step(step)
+    trainer = step.build(options.run_config(args, step.BASE, EAGER), device, args.classes)
+    for i in (1, 2):
+        trainer.outer_step(i)
     for scale in (0.0, 10.0):
         draws = {k: v.to(device) for k, v in trainer.draw(scale).items()}
         torch.cuda.synchronize(device)
@@ -106,68 +116,96 @@ def audit_syncs(device: torch.device) -> Iterator[dict]:
         yield {"sync_audit": scale, "first_sync": found}
 
 
-def time_variant(name: str, options: dict, device: torch.device, steps: int, warmup: int) -> dict:
-    args = argparse.Namespace(**{**STEP_DEFAULTS, **options})
+def time_variant(args: argparse.Namespace, name: str, device: torch.device) -> dict[str, Any]:
+    assignments = STEP_VARIANTS[name]
+    graphed = any(a.startswith("train.cuda_graph") for a in assignments)
+    config = options.run_config(args, step.BASE, [*([] if graphed else EAGER), *assignments])
     started = time.perf_counter()
-    trainer = build(args, device)
-    torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
-    times, fired = time_steps(trainer, steps, warmup)
-    median = statistics.median(times)
-    graphed = trainer.graphed
-    if graphed is not None:
-        options = {**options, "graphs": sorted(graphed.graphs), "capture_failed": graphed.failed}
-    return {"variant": name, **options, "steps": len(times), "switch_fired": fired,
-            "median_ms": round(1000 * median, 2), "min_ms": round(1000 * min(times), 2),
-            "minutes_60k": round(median * 60000 / 60, 1),
-            "setup_and_warmup_s": round(time.perf_counter() - started - sum(times), 1),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)
-            if device.type == "cuda" else None}
-
-
-def eval_rows(device: torch.device, cifar_fs: str | None, count: int) -> Iterator[dict]:
-    for name, root in (("synthetic-shapes", None), ("cifar-fs", cifar_fs)):
-        if name == "cifar-fs" and not (root and Path(root).is_dir()):
-            continue
-        split = load_split(name, "meta_test", root)
-        tasks = make_task_list(split, 5, 1, 15, count, seed=2023)
-        for batching, batch_tasks, precision in (("vmap", 50, "fp32"), ("vmap", 200, "fp32"),
-                                                 ("vmap", 600, "fp32"), ("loop", 50, "fp32"),
-                                                 ("vmap", 200, "bf16")):
-            yield {"dataset": name, "tasks": count, "batch_tasks": batch_tasks,
-                   **time_plain(split, tasks, batching, False, 3, batch_tasks, precision, str(device))}
-        yield {"dataset": name, **time_icfil(split, min(50, count), "vmap", min(50, count), str(device))}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="gpu.jsonl")
-    parser.add_argument("--cifar-fs", default=None, help="CIFAR-FS folder (meta_test.npz is enough)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--only", default=None, help="comma-separated step variants (default: all)")
-    parser.add_argument("--eval-tasks", type=int, default=600, help="0: no evaluation")
-    args = parser.parse_args()
-    tune_allocator()
-    strict_fp32()  # fp32 convolutions without TF32 on GPUs (purer/runtime.py)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out)
-
-    def emit(row: dict) -> None:
-        print(json.dumps(row), flush=True)
-        with out.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-
-    emit({"torch": torch.__version__, "device": torch.cuda.get_device_name(device)
-          if device.type == "cuda" else "cpu", "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-          "matmul_precision": torch.get_float32_matmul_precision()})
-    jobs = [("check", lambda: [check_batching(device)])]
+    trainer = step.build(config, device, args.classes)
     if device.type == "cuda":
-        jobs.append(("sync audit", lambda: audit_syncs(device)))
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, fired = step.time_steps({"base": trainer}, args.repeats, args.warmup)
+    times = seconds["base"]
+    median = statistics.median(times)
+    row: dict[str, Any] = {"variant": name, "settings": assignments, "steps": len(times),
+                           "switch_fired": fired["base"], "median_ms": round(1000 * median, 2),
+                           "min_ms": round(1000 * min(times), 2),
+                           "minutes_60k": round(median * 60000 / 60, 1),
+                           "setup_and_warmup_s": round(time.perf_counter() - started - sum(times),
+                                                       1),
+                           "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)
+                           if device.type == "cuda" else None}
+    if trainer.graphed is not None:
+        row |= {"graphs": sorted(trainer.graphed.graphs), "capture_failed": trainer.graphed.failed}
+    return row
+
+
+def eval_rows(args: argparse.Namespace, device: torch.device) -> Iterator[dict[str, Any]]:
+    for dataset in args.eval_data.split(","):
+        for batching, batch_tasks, precision in EVAL_VARIANTS:
+            config = options.run_config(args, EVAL_BASE, [
+                f"data.name={dataset}", f"eval.tasks={args.eval_tasks}",
+                f"eval.batch_tasks={batch_tasks}", f"meta.test_batching={batching}",
+                "calibrator.name=none"])
+            run = prepared({"base": config}, device)["base"]
+            call = {"base": lambda i, run=run, precision=precision: run(False, precision)}
+            seconds, results = timing.alternate(call, args.eval_repeats, 0,
+                                                timing.synchronizer(device))
+            yield {"dataset": dataset, "tasks": args.eval_tasks, "batching": batching,
+                   "batch_tasks": batch_tasks, "precision": precision,
+                   **timing.summary(seconds["base"]),
+                   "accuracy": round(results["base"][-1].accuracy, 3)}
+        if args.icfil_tasks:
+            count = min(args.icfil_tasks, args.eval_tasks)
+            config = options.run_config(args, EVAL_BASE, [
+                f"data.name={dataset}", f"eval.tasks={count}", f"eval.batch_tasks={count}",
+                "calibrator.name=icfil", "calibrator.batching=vmap"])
+            result = prepared({"base": config}, device)["base"]()
+            yield {"dataset": dataset, "calibrator": "icfil", "tasks": count,
+                   "seconds": round(result.seconds, 2),
+                   "seconds_per_task": round(result.seconds_per_task, 3)}
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = options.parser("gpu", __doc__, repeats=50, warmup=5, shortcuts=("device",))
+    parser.add_argument("--only", default=None, help="comma-separated step variants (default: all)")
+    parser.add_argument("--classes", type=int, default=step.CIFAR_FS_CLASSES,
+                        help="classes of the step's random teachers")
+    parser.add_argument("--eval-tasks", type=int, default=600, help="0: no evaluation")
+    parser.add_argument("--eval-repeats", type=int, default=3, help="evaluations per setting")
+    parser.add_argument("--eval-data", default="synthetic-shapes",
+                        help="datasets of the evaluation rows, comma-separated (files from "
+                             "$PURER_DATA_DIR/<dataset>)")
+    parser.add_argument("--icfil-tasks", type=int, default=50,
+                        help="tasks of the ICFIL rows (0: none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
+    options.prepare(args)
+    device = resolve_device(args.device or "auto")
     names = args.only.split(",") if args.only else list(STEP_VARIANTS)
-    jobs += [(n, lambda n=n: [time_variant(n, STEP_VARIANTS[n], device, args.steps, args.warmup)])
-             for n in names]
+    unknown = [n for n in names if n not in STEP_VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: --only: unknown variant '{unknown[0]}' "
+                         f"({', '.join(STEP_VARIANTS)})")
+    rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        row = {"benchmark": "gpu", **row}
+        rows.append(row)
+        timing.emit(row, args.json_path)
+
+    emit({**timing.machine(device), "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+          "matmul_precision": torch.get_float32_matmul_precision()})
+    jobs: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
+        ("check", lambda: [check_batching(args, device)])]
+    if device.type == "cuda":
+        jobs.append(("sync audit", lambda: audit_syncs(args, device)))
+    jobs += [(n, lambda n=n: [time_variant(args, n, device)]) for n in names]
     if args.eval_tasks:
-        jobs.append(("eval", lambda: eval_rows(device, args.cifar_fs, args.eval_tasks)))
+        jobs.append(("eval", lambda: eval_rows(args, device)))
     for name, job in jobs:
         try:
             for row in job():
@@ -175,7 +213,6 @@ def main() -> None:
         except Exception as exc:  # one broken variant must not cost the others
             emit({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
             traceback.print_exc()
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
     print("\nvariant                        median ms   60k steps (min)")
     for r in rows:
         if "median_ms" in r:
@@ -183,7 +220,3 @@ def main() -> None:
         elif "median_s" in r:
             print(f"eval {r['dataset']:16s} {r['batching']}/{r['batch_tasks']} {r['precision']}"
                   f"  {r['median_s']:.3f} s / {r['tasks']} tasks")
-
-
-if __name__ == "__main__":
-    main()

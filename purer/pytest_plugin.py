@@ -18,14 +18,16 @@ Fixtures:
 
 ``register_plugin``
     A function ``register_plugin(plugin, name="inline")`` that registers an
-    inline plugin (a module, a class or an instance with ``@purer.hookimpl``
-    functions) into the host returned by ``get_host()`` for the duration of
-    one test, and returns its :class:`purer.plugins.PluginInfo`. At teardown
-    the plugin and everything it registered are removed again, even when the
-    registration itself failed half-way::
+    inline plugin (a module, a class or an instance with ``@hookimpl``
+    functions, ``hookimpl`` from :mod:`purer.api`) into the host returned by
+    ``get_host()`` for the duration of one test, and returns its
+    :class:`purer.plugins.PluginInfo`. At teardown the plugin and everything
+    it registered are removed again, even when the registration itself
+    failed half-way. Registering the plugin's own module this way tests it
+    without installing it::
 
         class Plugin:
-            @purer.hookimpl
+            @hookimpl
             def register_curricula(self, register):
                 register("never", Never)
 
@@ -40,7 +42,11 @@ Fixtures:
     (named ``run``), for components that write checkpoints, metrics or
     pictures.
 
-For a tiny teacher zoo built in seconds on a CPU, see :mod:`purer.testing`.
+For components that need teachers or episodes, :mod:`purer.testing` builds
+them on a CPU in seconds (``tiny_teacher``, ``inversion_loss``,
+``setup_inverter``, ``random_episodes``, and the session fixture
+``tiny_zoo``; enable it with ``pytest_plugins = ["purer.pytest_plugin",
+"purer.testing"]``). ``examples/purer-example-plugin/tests`` uses both.
 """
 
 from __future__ import annotations

@@ -11,10 +11,14 @@ It registers two small components:
 
 * the inversion term ``saturation``: a squared penalty on memory pixels
   outside the valid [0, 1] range once mapped back from the teacher's
-  normalised space. Add it to the inversion loss by giving it a weight
-  (it then shapes every inverter's pseudo data and ICFIL's synthesis)::
+  normalised space. Add it to the run's inversion loss by giving it a
+  weight, and every inverter's memory is shaped by it::
 
       purer run --set 'inversion.terms={ce=1, tv=1e-4, l2=1e-5, bn=0.01, saturation=0.1}'
+
+  ICFIL synthesises with the same terms, but from the adapted meta-model:
+  there is no teacher then (``ctx.teacher is None``), hence no input space
+  to un-normalise with, and the term contributes zero.
 
 Installed with ``pip install examples/purer-example-plugin``, it appears in
 ``purer plugins`` as ``example``.
@@ -56,6 +60,8 @@ class Saturation(InversionTerm):
     Options = SaturationOptions
 
     def __call__(self, ctx: InversionContext) -> Tensor:
+        if ctx.teacher is None:  # ICFIL's synthesis: no teacher, no input space to map back to
+            return ctx.images.new_zeros((), dtype=torch.float32)
         pixels = ctx.teacher.space.denormalize(ctx.images.float())
         low = torch.relu(-self.options.margin - pixels)
         high = torch.relu(pixels - 1.0 - self.options.margin)

@@ -10,9 +10,11 @@ are reused, interrupted ones resumed, so the command can simply be rerun.
 Writes ``<out>/reproduce.md`` (one table, measured next to method.md §5's
 paper numbers, with every command and wall time) and ``reproduce.json``.
 
-    python benchmarks/reproduce.py --root ../shared/data/cifar-fs --steps 2000
-    python benchmarks/reproduce.py --data mini-imagenet --root ../shared/data/mini-imagenet \\
+    python experiments/reproduce.py --root /data/cifar-fs --steps 2000
+    python experiments/reproduce.py --data mini-imagenet --root /data/mini-imagenet \\
         --scenario sh --shot 1 --steps 500 --jobs 2
+
+Without ``--root`` the dataset is read from ``$PURER_DATA_DIR/<dataset>``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--data", default="cifar-fs")
-    parser.add_argument("--root", default="../shared/data/cifar-fs", help="dataset folder ('' for none)")
+    parser.add_argument("--root", default=None,
+                        help="dataset folder (default: the reader's, $PURER_DATA_DIR/<dataset>)")
     parser.add_argument("--scenario", choices=["ss", "sh", "mh"], default="ss")
     parser.add_argument("--arch", action="append", default=[], help="zoo architectures (repeatable)")
     parser.add_argument("--zoo", default=None, help="zoo folder (default zoos/<data>-<scenario>)")
