@@ -1,7 +1,7 @@
 """purer: data-free meta-learning from a zoo of pre-trained classifiers.
 
-The public plugin surface is two names: :data:`hookimpl` to mark hook
-implementations, and the interfaces in :mod:`purer.interfaces`. See
+The public plugin API is :mod:`purer.api` (``hookimpl``, the component
+interfaces, the data types and the helpers a plugin may use); see
 ``docs/plugins.md`` for the tutorial.
 """
 

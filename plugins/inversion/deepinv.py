@@ -203,8 +203,8 @@ class DeepInversion(Inverter):
         Each group (one teacher, or a vmapped group of teachers) is
         differentiated right after its forward pass instead of once for the
         sum: the same gradient (teacher k's loss reaches only its own memory),
-        but only one group's activations are alive at a time (the SH step's
-        peak memory went from 4.0 to 1.9 GB with one teacher at a time).
+        but only one group's activations are alive at a time, which halves
+        the peak memory of an SH step (docs/results.md).
         On a CPU the groups are spread over ``cpu_workers`` threads, one group
         alive per thread; the sums below keep the teachers' order.
         """

@@ -64,9 +64,8 @@ class TaskList:
         """Episodes of ``batch_size`` tasks at a time, normalised, on ``device``.
 
         Chunks are made one at a time, so 600 tasks of 84x84 images need the
-        memory of one chunk only. On CPU, chunks of under ~30 MB (10 tasks of
-        5-way 5-shot 15-query 32x32) reuse freed memory and run about 1.5x
-        faster than fresh 60 MB ones.
+        memory of one chunk only. On CPU, small chunks also reuse freed memory
+        instead of faulting in fresh pages.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")

@@ -2,8 +2,8 @@
 
 MAML differentiates through its inner gradient, so every BatchNorm of the
 meta-model is differentiated twice. PyTorch's double backward of batch norm
-is a composite of many reductions over (N, H, W); on CPU with 25 support
-images (5-shot) it was about 40 % of a meta step. Here the forward and the
+is a composite of many reductions over (N, H, W), a large share of a CPU
+meta step (docs/results.md). Here the forward and the
 ordinary backward are PyTorch's native kernels, and only when a backward
 itself must be differentiable (``create_graph=True``) is it written as a few
 plain tensor ops that autograd can differentiate cheaply. Same function, same
@@ -97,10 +97,10 @@ def norm_relu_maxpool(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, kernel: 
     and the pool then read the full-size map; the affine map and the ReLU
     (and their backward and double backward, in MAML's meta step) run on a
     map ``kernel**2`` times smaller, and no normalised full-size map is
-    written. The function and all its derivatives are the same (checked in
-    float64 to 1e-15, second order included); only rounding differs. Why:
-    on CPU these layers are bound by memory traffic over the first block's
-    feature map (9.8 MB for a 75-image query set).
+    written. The function and all its derivatives are the same (the tests
+    check them in float64, second order included); only rounding differs.
+    Why: on CPU these layers are bound by memory traffic over the first
+    block's feature map, the largest map of the network.
 
     Returns ``None`` where this does not apply, so the caller runs its
     ordinary layers: tensors off the CPU (GPU paths are bound by kernel

@@ -33,16 +33,15 @@ def _moment_values(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance (no autograd: the callers' own backward)."""
     if x.device.type == "cpu":
         # PyTorch's BatchNorm statistics kernel: two reads of x and no
-        # map-sized temporaries; 2-5x faster than the sums below on a Conv4
-        # first-block map. It accumulates in float (relative error about 1e-5
-        # over 80 x 32 x 32 values), as BatchNorm itself does.
+        # map-sized temporaries, so faster than the sums below. It
+        # accumulates in float, as BatchNorm itself does.
         return torch.batch_norm_update_stats(x, None, None, 0.0)
     return summed_moments(x)
 
 
 def summed_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The moments as two sums of plain, differentiable ops: off the CPU, under
-    functorch transforms, and the CPU's earlier path (benchmarks/bench_pooled.py)."""
+    """The moments as two sums of plain, differentiable ops: off the CPU and
+    under functorch transforms, where the custom backward does not apply."""
     dims = [d for d in range(x.dim()) if d != 1]
     count = x.numel() // x.shape[1]
     mean = x.sum(dim=dims) / count
@@ -63,10 +62,10 @@ def _moment_grad(x: Tensor, mean: Tensor, grad_mean: Tensor, grad_var: Tensor) -
 class _BatchMoments(torch.autograd.Function):
     """Per-channel mean and biased variance with a one-pass backward.
 
-    Why not ``torch.var_mean``: on CPU its reduction over (N, H, W) runs about
-    7x slower than two plain sums, and its backward takes several full passes
-    over the feature map; with 13 teachers x 4 BN layers per step this was 40 %
-    of an ECI step.
+    Why not ``torch.var_mean``: on CPU its reduction over (N, H, W) is much
+    slower than two plain sums, and its backward takes several full passes
+    over the feature map; with every teacher's BN layers in every step this
+    dominated an ECI step (docs/results.md).
     """
 
     @staticmethod
@@ -116,11 +115,10 @@ def _add_pooled_grad(grad_x: Tensor, indices: Tensor, grad_pooled: Tensor) -> No
 
     Why two paths: ``indices`` count within one channel's ``H x W`` plane, so
     the plain scatter walks ``grad_x`` by its ``H x W`` dims. On a
-    channels-last map those are ``C`` elements apart: 11-13 ms for an
-    80-image Conv4 first-block map on one thread of an AVX2 AMD EPYC, four
-    times the pool's own forward. There each plane index becomes an offset
-    into the image's contiguous NHWC storage (``index * C + c``) and one
-    scatter runs along it: 4-5 ms (``benchmarks/bench_pool_grad.py``).
+    channels-last map those are ``C`` elements apart, a strided walk several
+    times slower than the pool's own forward. There each plane index becomes
+    an offset into the image's contiguous NHWC storage (``index * C + c``)
+    and one scatter runs along it (docs/results.md has the timings).
     Windows do not overlap (kernel = stride), so every element gets at most
     one term and both paths give the same bits.
     """

@@ -11,9 +11,8 @@ same numbers up to float rounding:
   folds into the convolution before it; the moments of the BN input are
   recovered from those of the folded output (``mean_x = (mean_y - t) / s``,
   ``var_x = var_y / s^2``). A ReLU that feeds only a max-pool is moved after
-  it (they commute exactly), so it runs on a quarter of the pixels. On a
-  2-core CPU this took the inversion step of 13 Conv4 teachers from 0.35 to
-  0.28 s (1-shot) and 0.46 to 0.35 s (5-shot), measured side by side.
+  it (they commute exactly), so it runs on a quarter of the pixels. Both
+  save work in the step's hottest part (docs/results.md has the measurements).
 
 :func:`teacher_view` builds the folded one when the teacher traces cleanly and
 falls back to hooks otherwise, so any timm model still works.
