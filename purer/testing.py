@@ -23,7 +23,7 @@ from torch import nn
 
 from purer.interfaces import Inverter
 from purer.inversion import InversionLoss
-from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher, find_bn_layers
+from purer.types import ClassBank, EpisodeBatch, InputSpace, SplitData, Teacher, find_bn_layers
 
 # Tiny widths that keep the real topologies (and BN layers) of each backbone.
 # Not 0.0625 for the ResNets: their 4 -> 8 channel strided 1x1 shortcut sends
@@ -167,4 +167,27 @@ def random_episodes(count: int = 3, way: int = 5, shot: int = 2, query: int = 3,
     labels = torch.arange(way)
     return EpisodeBatch(support, labels.repeat_interleave(shot).expand(count, -1), query_images,
                         labels.repeat_interleave(query).expand(count, -1))
+
+
+class FrozenNoise(Inverter):
+    """The smallest complete inverter: N(0, 1) images that never move. Written
+    against the plain contract (no ``draw``, no ``prepare_cuda_graph``), it
+    tests that the engine needs nothing more, and is an ablation of inversion."""
+
+    def setup(self, teachers: Sequence[Teacher], images_per_class: int, device: torch.device,
+              generator: torch.Generator, inversion: InversionLoss) -> None:
+        self.teachers = list(teachers)
+        self.memory = [torch.randn(t.num_classes, images_per_class, 3, t.space.size, t.space.size,
+                                   generator=generator).to(device) for t in self.teachers]
+
+    def bank(self, space: InputSpace, *, detach: bool) -> ClassBank:
+        images = torch.cat([t.space.convert(m, space) for t, m in zip(self.teachers, self.memory)])
+        return ClassBank(images, torch.tensor([c for t in self.teachers for c in t.class_ids],
+                                              device=images.device))
+
+    def step(self, extra_loss: torch.Tensor | None, draws: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"total": 0.0}
+
+    def teacher_images(self) -> list[torch.Tensor]:
+        return self.memory
 

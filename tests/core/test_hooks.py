@@ -14,12 +14,10 @@ from torch import nn
 import purer
 from purer.api import (
     Calibrator,
-    ClassBank,
     Curriculum,
     DatasetReader,
     Initializer,
     InversionTerm,
-    Inverter,
     MetaLearner,
     OuterMetrics,
 )
@@ -30,7 +28,7 @@ from purer.evaluation.evaluator import evaluate
 from purer.models import create_model
 from purer.pipeline.compare import score_methods
 from purer.plugins import get_host
-from purer.testing import inversion_loss, synthetic_split, tiny_teacher
+from purer.testing import FrozenNoise, inversion_loss, synthetic_split, tiny_teacher
 
 
 def plugin(hook: str, name: str, obj) -> object:
@@ -55,23 +53,6 @@ def conv_learner(name: str = "maml"):
 
 
 # ------------------------------------------------------------------ meta-training
-class FrozenNoise(Inverter):
-    def setup(self, teachers, images_per_class, device, generator, inversion):
-        self.teachers = list(teachers)
-        self.memory = [torch.randn(t.num_classes, images_per_class, 3, t.space.size, t.space.size,
-                                   generator=generator) for t in self.teachers]
-
-    def bank(self, space, *, detach):
-        images = torch.cat([t.space.convert(m, space) for t, m in zip(self.teachers, self.memory)])
-        return ClassBank(images, torch.tensor([c for t in self.teachers for c in t.class_ids]))
-
-    def step(self, extra_loss, draws):
-        return {"total": 0.0}
-
-    def teacher_images(self):
-        return self.memory
-
-
 def test_hook_register_inverters(register_plugin):
     register_plugin(plugin("register_inverters", "frozen-noise", FrozenNoise))
     config = build_config({"inverter": {"name": "frozen-noise"}}, host=get_host())

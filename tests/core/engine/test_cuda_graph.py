@@ -12,12 +12,12 @@ import torch
 from purer.config import RunConfig
 from purer.engine.trainer import ECITrainer
 from purer.errors import ConfigError
-from purer.interfaces import Curriculum, Inverter
+from purer.interfaces import Curriculum
 from purer.kernels.optim import load_optimizer_state, make_capturable
 from purer.models import create_model
 from purer.plugins import get_host
-from purer.testing import inversion_loss
-from purer.types import ClassBank, InputSpace, Teacher, find_bn_layers
+from purer.testing import FrozenNoise, inversion_loss
+from purer.types import InputSpace, Teacher, find_bn_layers
 
 SPACE = InputSpace(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -110,26 +110,6 @@ def test_loading_a_checkpoint_keeps_the_optimisers_own_capturable_setting():
     make_capturable(resumed)
     assert resumed.param_groups[0]["capturable"] is True
     assert resumed.state[param]["step"].dtype == torch.float32
-
-
-class FrozenNoise(Inverter):
-    """A plugin written against the plain contract: no ``draw``, no
-    ``prepare_cuda_graph`` (docs/interfaces.md's example)."""
-
-    def setup(self, teachers, images_per_class, device, generator, inversion):
-        self.teachers = list(teachers)
-        self.memory = [torch.randn(t.num_classes, images_per_class, 3, t.space.size, t.space.size,
-                                   generator=generator).to(device) for t in self.teachers]
-
-    def bank(self, space, *, detach):
-        images = torch.cat([t.space.convert(m, space) for t, m in zip(self.teachers, self.memory)])
-        return ClassBank(images, torch.tensor([c for t in self.teachers for c in t.class_ids]))
-
-    def step(self, extra_loss, draws):
-        return {"total": 0.0}
-
-    def teacher_images(self):
-        return self.memory
 
 
 def test_a_plain_inverter_plugin_runs_eagerly():
