@@ -11,8 +11,8 @@ refused in one line unless ``--force`` is given.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from purer.cli.options import RUN_OPTIONS, options_layer
@@ -42,7 +42,7 @@ def absolute_paths(config: RunConfig) -> RunConfig:
     tree = config.model_dump(mode="json")
 
     def absolute(value: Any) -> Any:
-        return str(Path(value).expanduser().absolute()) if isinstance(value, str) and value else value
+        return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) and value else value
 
     tree["out"] = absolute(tree["out"])
     tree["zoo"]["path"] = absolute(tree["zoo"]["path"])

@@ -74,7 +74,7 @@ def _resume(run_dir: RunDir, evaluate: bool | None, force: bool, given: dict) ->
         forced = {k: v for k, v in changes.items() if not is_free(k)}
         console.print(f"resume: changes {describe(changes)}; everything else as the run was started"
                       + (" (forced: the run no longer replays one configuration)" if forced else ""),
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)
     _train(run_dir, config, resumed=True, no_eval=bool(flags.get("no_eval")),
            on_resumed=lambda: (run_dir.save_config(config), run_dir.save_flags(flags)))
 
@@ -98,7 +98,7 @@ def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
     except KeyboardInterrupt:
         run_dir.discard()
         console.print("interrupted before the first step; nothing was saved"
-                      if not resumed else "interrupted while resuming; the run is unchanged")
+                      if not resumed else "interrupted while resuming; the run is unchanged", soft_wrap=True)
         raise SystemExit(130) from None
     except BaseException:
         run_dir.discard()  # a new run's folder, when nothing was trained in it
@@ -107,7 +107,7 @@ def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
         best = trainer.train()
     except KeyboardInterrupt:
         console.print(f"interrupted: saved step {trainer.last_saved()} (the last completed step); "
-                      f"continue with `purer run --resume {run_dir.path}`", highlight=False)
+                      f"continue with `purer run --resume {run_dir.path}`", highlight=False, soft_wrap=True)
         raise SystemExit(130) from None
     console.print(f"best meta-val accuracy {best['val_accuracy']:.2f}% at step {best['step']}")
     if no_eval:
@@ -116,5 +116,5 @@ def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
         final_evaluation(run_dir, config, trainer.teachers, device)
     except KeyboardInterrupt:
         console.print(f"interrupted during the final evaluation; training is complete: score it "
-                      f"with `purer eval {run_dir.path}`", highlight=False)
+                      f"with `purer eval {run_dir.path}`", highlight=False, soft_wrap=True)
         raise SystemExit(130) from None

@@ -202,7 +202,7 @@ def load_state(folder: Path, pointer: str, device: torch.device | str = "cpu") -
 def _warn(message: str) -> None:
     from purer.progress import console
 
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def stems(folder: Path, prefix: str) -> list[str]:

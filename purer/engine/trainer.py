@@ -212,11 +212,11 @@ class ECITrainer:
         def defer(signum: int, frame: object) -> None:
             if self.interrupted:
                 console.print(f"interrupt: already stopping after step {self._running}",
-                              highlight=False)
+                              highlight=False, soft_wrap=True)
                 return
             self.interrupted = True
             console.print(f"interrupt: finishing step {self._running} (its validation and "
-                          "checkpoint included), then saving and stopping", highlight=False)
+                          "checkpoint included), then saving and stopping", highlight=False, soft_wrap=True)
 
         previous = signal.signal(signal.SIGINT, defer)
         try:

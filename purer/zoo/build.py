@@ -124,7 +124,7 @@ def _build_lock(out: Path) -> FileLock:
     lock = FileLock(out / BUILD_LOCK)
     if not lock.acquire(wait=False):
         console.print(f"{out}: another process ({lock.holder()}) is building this zoo; waiting "
-                      "for it", highlight=False, markup=False)
+                      "for it", highlight=False, markup=False, soft_wrap=True)
         lock.acquire(wait=True)
     return lock
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from purer.errors import PluginError, ZooError
-from purer.models import create_model, head_parameter_names, is_known
+from purer.models import create_model, declared_input_size, head_parameter_names, is_known
 from purer.types import Teacher, find_bn_layers
 from purer.zoo.manifest import Manifest, TeacherEntry, file_sha256, load_manifest, manifest_path
 
@@ -98,8 +98,9 @@ def check_state(entry: TeacherEntry, model: nn.Module, state: dict[str, Tensor])
 
 @torch.no_grad()
 def dry_forward(entry: TeacherEntry, model: nn.Module) -> None:
-    """One forward pass on a blank image of the entry's input size: the
-    architecture must take that size and give finite logits, one per class.
+    """The entry's input size against the model: the size the model says it
+    was built for, if it says, and one forward pass on a blank image of that
+    size, which must give finite logits, one per class.
 
     Catches a wrong ``input_size`` (a ViT's patch grid or Conv4's head are
     fixed at construction) when the zoo is made or loaded, not minutes into a
@@ -107,6 +108,10 @@ def dry_forward(entry: TeacherEntry, model: nn.Module) -> None:
     """
     size = entry.input_size
     arch = f"'{entry.arch}'" + (f" {entry.arch_kwargs}" if entry.arch_kwargs else "")
+    built_for = declared_input_size(model)
+    if built_for is not None and built_for != size:
+        raise ZooError(f"{entry.where()}: input_size: {size} px, but {arch} was built for "
+                       f"{built_for} px")
     was_training = model.training
     model.eval()
     try:

@@ -1,0 +1,44 @@
+"""Ctrl-C in every phase of a run saves a completed step, says which, and
+--resume replays the uninterrupted run exactly.
+
+Like the SIGKILL test, every run is a process of its own; SIGINT is sent by
+the process to itself from inside the chosen phase (interrupt_child.py), so
+where it lands does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from run_helpers import last_step, metrics, run_purer
+
+CHILD = [sys.executable, str(Path(__file__).with_name("interrupt_child.py"))]
+
+# (where SIGINT lands, the step the interrupted process must save)
+CHAIN = [
+    ("inversion:2", 2),  # inside the inversion of step 2 (the step's draws are taken)
+    ("meta:3", 5),  # inside the meta step of step 5 (the memory has moved, the meta-model not yet)
+    ("validation:1", 6),  # inside the validation of step 6
+    ("checkpoint:1", 8),  # between the tensors file and the JSON of step 8's checkpoint
+    ("pictures:1", 12),  # inside the pictures of step 12
+    ("meta:2,checkpoint:1", 14),  # twice: in step 14's meta step, then in the save it causes
+]
+
+
+def test_ctrl_c_in_every_phase_saves_a_completed_step_and_resumes_exactly(tmp_path, resume_reference):
+    run = tmp_path / "runs" / "chain"
+    for number, (triggers, saved) in enumerate(CHAIN):
+        args = (["run", "--resume", str(run)] if number else
+                ["run", "--no-eval", "--config", str(resume_reference.config),
+                 "--out", str(tmp_path / "runs"), "--name", "chain"])
+        done = run_purer(*args, command=CHILD, env={"PURER_TEST_SIGINT": triggers}, check=False)
+        assert done.returncode == 130, (triggers, done.stderr[-3000:])
+        said = re.findall(r"interrupted: saved step (\d+)", done.stderr)
+        assert said == [str(saved)], (triggers, done.stderr[-3000:])
+        assert last_step(run) == saved, triggers
+        # the metrics of every completed step, validation included, and no other
+        assert metrics(run) == resume_reference.metrics[:saved], triggers
+    run_purer("run", "--resume", str(run))
+    assert metrics(run) == resume_reference.metrics
