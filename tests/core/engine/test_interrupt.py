@@ -1,20 +1,68 @@
-"""Ctrl-C in every phase of a run saves a completed step, says which, and
---resume replays the uninterrupted run exactly.
+"""Interrupted runs resume exactly: after SIGKILL at any moment, and after
+Ctrl-C in every phase of a step, which saves a completed step and says which.
 
-Like the SIGKILL test, every run is a process of its own; SIGINT is sent by
-the process to itself from inside the chosen phase (interrupt_child.py), so
-where it lands does not depend on timing.
+Every run is a process of its own, as a user would run them. SIGINT is sent
+by the process to itself from inside the chosen phase (interrupt_child.py),
+so where it lands does not depend on timing.
 """
 
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from run_helpers import last_step, metrics, run_purer
+import pytest
+from run_helpers import (
+    CHILD_ENV,
+    PURER,
+    RESUME_CHANGES,
+    last_step,
+    metrics,
+    run_purer,
+    write_config,
+)
 
 CHILD = [sys.executable, str(Path(__file__).with_name("interrupt_child.py"))]
+
+
+@dataclass
+class Reference:
+    """An uninterrupted run that interrupted and resumed runs must replay."""
+
+    config: Path
+    metrics: list[dict]
+
+
+@pytest.fixture(scope="module")
+def resume_reference(tmp_path_factory: pytest.TempPathFactory, tiny_zoo: Path) -> Reference:
+    folder = tmp_path_factory.mktemp("reference")
+    config = write_config(folder, tiny_zoo, **RESUME_CHANGES)
+    run_purer("run", "--no-eval", "--config", str(config), "--name", "whole")
+    return Reference(config, metrics(folder / "runs" / "whole"))
+
+
+def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, resume_reference):
+    killed = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([*PURER, "run", "--no-eval", "--config", str(resume_reference.config),
+                             "--out", str(tmp_path / "runs"), "--name", "killed"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        path = killed / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    saved = last_step(killed)
+    assert 4 <= saved < 24
+    run_purer("run", "--resume", str(killed))
+    assert metrics(killed) == resume_reference.metrics
 
 # (where SIGINT lands, the step the interrupted process must save)
 CHAIN = [
