@@ -136,7 +136,8 @@ class EvalSection(Section):
     tasks: int = Field(600, ge=1)
     query: int = Field(15, ge=1)
     way: int | None = Field(None, ge=2)  # None: the training way
-    shots: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # empty: the training shot
+    # empty: the training shot
+    shots: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     split: Literal["meta_test", "meta_val"] = "meta_test"
     seed: int = 2023
     baselines: list[str] = Field(default_factory=lambda: ["random", "average"],

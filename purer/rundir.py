@@ -191,7 +191,8 @@ class RunDir:
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunError(f"{run.path}: cannot create the run folder ({exc.strerror or exc})") from None
+            raise RunError(f"{run.path}: cannot create the run folder "
+                           f"({exc.strerror or exc})") from None
         run.claim()
         if any(p.name != LOCK_NAME for p in run.path.iterdir()):
             run.release()

@@ -25,7 +25,8 @@ FREE_KEYS = ("train.steps", "train.val_every", "train.val_tasks", "train.checkpo
              "train.image_every", "train.max_memory_abs", "device", "zoo.path")
 FREE_PREFIXES = ("eval.", "calibrator.")
 # Options that pick a new run folder or a whole new configuration.
-NEW_RUN_OPTIONS = {"config_path": "--config", "preset": "--preset", "name": "--name", "out": "--out"}
+NEW_RUN_OPTIONS = {"config_path": "--config", "preset": "--preset", "name": "--name",
+                   "out": "--out"}
 
 
 def is_location(key: str) -> bool:
@@ -42,7 +43,9 @@ def absolute_paths(config: RunConfig) -> RunConfig:
     tree = config.model_dump(mode="json")
 
     def absolute(value: Any) -> Any:
-        return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) and value else value
+        if not isinstance(value, str) or not value:
+            return value
+        return os.path.abspath(os.path.expanduser(value))
 
     tree["out"] = absolute(tree["out"])
     tree["zoo"]["path"] = absolute(tree["zoo"]["path"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -70,17 +71,27 @@ def _resume(run_dir: RunDir, evaluate: bool | None, force: bool, given: dict) ->
     flags = run_dir.load_flags()
     if evaluate is not None:
         flags["no_eval"] = not evaluate
-    if changes:
-        forced = {k: v for k, v in changes.items() if not is_free(k)}
-        console.print(f"resume: changes {describe(changes)}; everything else as the run was started"
-                      + (" (forced: the run no longer replays one configuration)" if forced else ""),
-                      highlight=False, markup=False, soft_wrap=True)
-    _train(run_dir, config, resumed=True, no_eval=bool(flags.get("no_eval")),
-           on_resumed=lambda: (run_dir.save_config(config), run_dir.save_flags(flags)))
+    if not flags.get("no_eval"):
+        from purer.pipeline.compare import check_baselines
+
+        check_baselines(config.eval.baselines)
+
+    def record() -> None:
+        """Once the checkpoint is loaded: say what changed, and keep it in the run's folder."""
+        if changes:
+            forced = any(not is_free(k) for k in changes)
+            console.print(f"resume: changes {describe(changes)}; everything else as the run was "
+                          "started" + (" (forced: the run no longer replays one configuration)"
+                                       if forced else ""),
+                          highlight=False, markup=False, soft_wrap=True)
+            run_dir.save_config(config)
+        run_dir.save_flags(flags)
+
+    _train(run_dir, config, resumed=True, no_eval=bool(flags.get("no_eval")), on_resumed=record)
 
 
 def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
-           on_resumed=None) -> None:
+           on_resumed: Callable[[], None] | None = None) -> None:
     from purer.pipeline.build import build_trainer
     from purer.pipeline.final import final_evaluation
     from purer.progress import console
@@ -97,8 +108,8 @@ def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
             console.print(f"resumed at step {trainer.step}")
     except KeyboardInterrupt:
         run_dir.discard()
-        console.print("interrupted before the first step; nothing was saved"
-                      if not resumed else "interrupted while resuming; the run is unchanged", soft_wrap=True)
+        console.print("interrupted while resuming; the run is unchanged" if resumed
+                      else "interrupted before the first step; nothing was saved", soft_wrap=True)
         raise SystemExit(130) from None
     except BaseException:
         run_dir.discard()  # a new run's folder, when nothing was trained in it
@@ -107,7 +118,8 @@ def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
         best = trainer.train()
     except KeyboardInterrupt:
         console.print(f"interrupted: saved step {trainer.last_saved()} (the last completed step); "
-                      f"continue with `purer run --resume {run_dir.path}`", highlight=False, soft_wrap=True)
+                      f"continue with `purer run --resume {run_dir.path}`", highlight=False,
+                      soft_wrap=True)
         raise SystemExit(130) from None
     console.print(f"best meta-val accuracy {best['val_accuracy']:.2f}% at step {best['step']}")
     if no_eval:

@@ -421,8 +421,8 @@ def load_plain_pickle(path: Path, budget: int | None = None) -> Any:
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
-            unpickler = PlainDataUnpickler(fh, budget if budget is not None else 2 * size + (1 << 20),
-                                           encoding="latin1")
+            allowed = budget if budget is not None else 2 * size + (1 << 20)
+            unpickler = PlainDataUnpickler(fh, allowed, encoding="latin1")
             return _plain(unpickler.load())
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -430,8 +430,9 @@ def load_plain_pickle(path: Path, budget: int | None = None) -> Any:
         raise DataError(f"{path}: not a plain-data pickle ({_one_line(exc)})") from None
     except RefusedAllocation as exc:
         raise DataError(f"{path}: refused: {_one_line(exc)}") from None
-    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError, OverflowError, RecursionError,
+            UnicodeDecodeError) as exc:
         raise DataError(f"{path}: corrupt pickle ({type(exc).__name__}: "
                         f"{_one_line(exc)})") from None
 

@@ -116,7 +116,8 @@ def save_state(folder: Path, stem: str, state: dict[str, Any], pointer: str | No
 
 
 def _body_digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -153,7 +154,8 @@ def read_pair(folder: Path, stem: str, device: torch.device | str = "cpu") -> tu
     except FileNotFoundError:
         raise RunError(f"{tensor_path}: checkpoint file missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise RunError(f"{tensor_path}: not a readable safetensors file ({_one_line(exc)})") from None
+        raise RunError(f"{tensor_path}: not a readable safetensors file "
+                       f"({_one_line(exc)})") from None
     try:
         state = unflatten_state(document["state"], tensors)
     except (KeyError, TypeError, ValueError):

@@ -216,7 +216,8 @@ class ECITrainer:
                 return
             self.interrupted = True
             console.print(f"interrupt: finishing step {self._running} (its validation and "
-                          "checkpoint included), then saving and stopping", highlight=False, soft_wrap=True)
+                          "checkpoint included), then saving and stopping", highlight=False,
+                          soft_wrap=True)
 
         previous = signal.signal(signal.SIGINT, defer)
         try:
@@ -242,15 +243,17 @@ class ECITrainer:
             if isinstance(value, float) and not math.isfinite(value):
                 self._diverged(step, key, value, self._culprit_teacher())
         images = self.inverter.teacher_images()
-        largest = torch.stack([x.abs().amax() for x in images]).tolist()
-        for teacher, value in zip(self.teachers, largest):
+        tensors = {k: v for k, v in self.meta.model.state_dict().items()
+                   if v.is_floating_point() and v.numel()}
+        # one device sync for all: the |max| (NaN if any) of each teacher's memory and of
+        # each of the meta-model's tensors
+        read = torch.stack([x.detach().abs().amax().float()
+                            for x in [*images, *tensors.values()]]).tolist()
+        for teacher, value in zip(self.teachers, read):
             if not value < self.config.train.max_memory_abs:
                 self._diverged(step, f"memory |max| of teacher '{teacher.name}'", value)
-        tensors = {k: v for k, v in self.meta.model.state_dict().items() if v.is_floating_point()}
-        if tensors:
-            norms = torch.stack([v.detach().float().norm() for v in tensors.values()])
-            if not bool(torch.isfinite(norms).all()):
-                name = next(k for k, v in tensors.items() if not bool(torch.isfinite(v).all()))
+        for name, value in zip(tensors, read[len(images):]):
+            if not math.isfinite(value):
                 self._diverged(step, f"meta-model '{name}'", "not finite")
 
     @torch.no_grad()
@@ -310,9 +313,10 @@ class ECITrainer:
     def resume(self) -> None:
         """Continue from the newest intact checkpoint (``last``, else a fallback)."""
         state, _ = ckpt.load_state(self.run.checkpoints, "last", self.device)
-        if int(state["step"]) > self.config.train.steps:
+        reached = int(state["step"])
+        if reached > self.config.train.steps:
             raise ConfigError(f"train.steps={self.config.train.steps}: the run is already at step "
-                              f"{int(state['step'])}; resume with --steps {int(state['step'])} or more")
+                              f"{reached}; resume with --steps {reached} or more")
         self.meta.load_state_dict(state["meta"])
         self.inverter.load_state_dict(state["inverter"])
         self.curriculum.load_state_dict(state["curriculum"])

@@ -87,7 +87,8 @@ CASES = [
     # purer run: configurations that cannot start (no run folder may stay behind)
     ("run --config {config} --set train.meta_arch_kwargs={{bogus=1}}",
      "error: train.meta_arch_kwargs: cannot build 'conv4' with {'bogus': 1}"),
-    ("run --config {config} --set train.meta_arch=nope", "error: train.meta_arch: unknown architecture"),
+    ("run --config {config} --set train.meta_arch=nope",
+     "error: train.meta_arch: unknown architecture"),
     ("run --config {config} --set eval.baselines=[\"nope\"]", "unknown baseline 'nope'"),
     ("run --config {config} --zoo {not_a_run}", "not a teacher zoo"),
     ("run --config {config} --set train.way=18",

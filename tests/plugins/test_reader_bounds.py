@@ -216,5 +216,5 @@ def test_any_reader_fault_reaches_the_user_as_one_data_error_line(register_plugi
     register_plugin(Plugin(), name="broken-plugin")
     with pytest.raises(DataError) as error:
         load_split("broken-data", "meta_val")
-    assert str(error.value) == ("dataset 'broken-data', split meta_val: cannot be read (ValueError: "
-                                "cannot reshape array of size 7 into shape (3,32,32))")
+    assert str(error.value) == ("dataset 'broken-data', split meta_val: cannot be read "
+                                "(ValueError: cannot reshape array of size 7 into shape (3,32,32))")

@@ -69,7 +69,8 @@ DAMAGE = {
     "truncated tensors": ("step-8.safetensors", lambda p: p.write_bytes(p.read_bytes()[:1000]), 4),
     "empty json": ("step-8.json", lambda p: p.write_bytes(b""), 4),
     "missing tensors": ("step-8.safetensors", lambda p: p.unlink(), 4),
-    "changed json": ("step-8.json", lambda p: p.write_text(p.read_text().replace('"step"', '"stop"', 1)), 4),
+    "changed json": ("step-8.json",
+                     lambda p: p.write_text(p.read_text().replace('"step"', '"stop"', 1)), 4),
     "broken pointer": ("last.json", lambda p: p.write_text('{"stem": "step-8"'), 8),
     "empty pointer": ("last.json", lambda p: p.write_bytes(b""), 8),
     "missing pointer": ("last.json", lambda p: p.unlink(), 8),
@@ -97,7 +98,8 @@ def test_no_intact_checkpoint_is_one_line_naming_the_file(run, capsys):
     for best in (run / "checkpoints").glob("best-*.safetensors"):
         best.write_bytes(b"")
     code, err = purer(capsys, "eval", run, "--tasks", 2, "--baselines", "none")
-    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {run / 'checkpoints'}/best-")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith(f"error: {run / 'checkpoints'}/best-"), err
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_zoo, finished, capsys,

@@ -75,7 +75,8 @@ CHAIN = [
 ]
 
 
-def test_ctrl_c_in_every_phase_saves_a_completed_step_and_resumes_exactly(tmp_path, resume_reference):
+def test_ctrl_c_in_every_phase_saves_a_completed_step_and_resumes_exactly(tmp_path,
+                                                                           resume_reference):
     run = tmp_path / "runs" / "chain"
     for number, (triggers, saved) in enumerate(CHAIN):
         args = (["run", "--resume", str(run)] if number else

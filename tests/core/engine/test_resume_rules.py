@@ -39,7 +39,8 @@ def saved_config(run: Path) -> dict:
     return json.loads((run / "config.json").read_text())
 
 
-def test_resume_keeps_the_runs_flags_and_takes_what_keeps_the_trajectory(tmp_path, tiny_zoo, capsys):
+def test_resume_keeps_the_runs_flags_and_takes_what_keeps_the_trajectory(tmp_path, tiny_zoo,
+                                                                          capsys):
     config = write_config(tmp_path, tiny_zoo)
     run = tmp_path / "runs" / "r"
     code, err = purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 4)
@@ -64,7 +65,8 @@ def test_resume_keeps_the_runs_flags_and_takes_what_keeps_the_trajectory(tmp_pat
 def test_resume_refuses_trajectory_changes_unless_forced(tmp_path, tiny_zoo, capsys):
     config = write_config(tmp_path, tiny_zoo)
     run = tmp_path / "runs" / "r"
-    assert purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 2)[0] == 0
+    assert purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 2)[0] \
+        == 0
     before = (run / "config.json").read_text()
     for args, named in ((["--set", "inverter.lr=0.1"], "inverter.lr"), (["--seed", "4"], "seed"),
                         (["--shot", "2"], "train.shot")):
@@ -104,7 +106,8 @@ def test_relative_paths_are_stored_resolved(tmp_path, tiny_zoo, capsys, monkeypa
 def test_reusing_a_run_name_is_refused_and_changes_nothing(tmp_path, tiny_zoo, capsys):
     config = write_config(tmp_path, tiny_zoo)
     run = tmp_path / "runs" / "r"
-    assert purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 2)[0] == 0
+    assert purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 2)[0] \
+        == 0
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     code, err = purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--seed", 5)
     assert code == 2 and "already holds a run" in error_line(err)
@@ -114,12 +117,14 @@ def test_reusing_a_run_name_is_refused_and_changes_nothing(tmp_path, tiny_zoo, c
 def test_a_running_run_cannot_be_resumed_twice(tmp_path, tiny_zoo, capsys):
     config = write_config(tmp_path, tiny_zoo)
     run = tmp_path / "runs" / "r"
-    assert purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 2)[0] == 0
+    assert purer(capsys, "run", "--config", config, "--name", "r", "--no-eval", "--steps", 2)[0] \
+        == 0
     holder = RunDir.open(run)
     holder.claim()  # as the process running it would
     try:
         code, err = purer(capsys, "run", "--resume", run, "--steps", 3)
-        assert code == 2 and f"in use by another purer process (pid {os.getpid()})" in error_line(err)
+        line = error_line(err)
+        assert code == 2 and f"in use by another purer process (pid {os.getpid()})" in line
     finally:
         holder.release()
     assert steps(run) == [1, 2]
@@ -128,7 +133,8 @@ def test_a_running_run_cannot_be_resumed_twice(tmp_path, tiny_zoo, capsys):
 @pytest.mark.slow
 def test_two_runs_started_with_one_name_at_once_one_is_refused(tmp_path, tiny_zoo):
     config = write_config(tmp_path, tiny_zoo)
-    command = [*PURER, "run", "--config", str(config), "--name", "same", "--no-eval", "--steps", "4"]
+    command = [*PURER, "run", "--config", str(config), "--name", "same", "--no-eval",
+               "--steps", "4"]
     procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=CHILD_ENV) for _ in range(2)]
     results = sorted((p.wait(), p.stderr.read()) for p in procs)
