@@ -20,6 +20,7 @@ refused instead of interleaving two runs' files.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -137,6 +138,10 @@ class FileLock:
             except BlockingIOError:
                 handle.close()
                 return False
+            except OSError as exc:  # a file system without locks (some network mounts)
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    handle.close()
+                    raise
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -154,9 +159,7 @@ class FileLock:
 
     def release(self) -> None:
         if self._file is not None:
-            if fcntl is not None:
-                fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+            self._file.close()  # closing the file drops its lock
             self._file = None
 
     def __enter__(self) -> FileLock:
@@ -174,7 +177,8 @@ class RunDir:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.images = self.path / "images"
-        self.created = False  # by this process, in :meth:`create`
+        self.created = False  # the folder was made by this process, in :meth:`create`
+        self.owned = False  # its content is this process's: it was empty when claimed
         self._lock = FileLock(self.path / LOCK_NAME)
 
     @classmethod
@@ -199,7 +203,7 @@ class RunDir:
             raise RunError(f"{run.path}: already holds a run (a run folder belongs to one run); "
                            f"continue it with `purer run --resume {run.path}` or choose another "
                            "--name")
-        run.created = not existed
+        run.created, run.owned = not existed, True
         run.checkpoints.mkdir(exist_ok=True)
         run.images.mkdir(exist_ok=True)
         run.save_config(config)
@@ -222,11 +226,20 @@ class RunDir:
         self._lock.release()
 
     def discard(self) -> None:
-        """Remove a folder this process created, when setting up the run failed
-        before anything worth keeping (a checkpoint) was written."""
-        if self.created and not any(self.checkpoints.glob("*.json")):
-            self.release()
+        """Undo :meth:`create` when setting up the run failed before anything
+        worth keeping (a checkpoint) was written: the folder goes, or, when it
+        existed (empty) before, what this process put in it."""
+        if not self.owned or any(self.checkpoints.glob("*.json")):
+            return
+        self.release()
+        if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for path in self.path.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- flags
     def load_flags(self) -> dict[str, Any]:
