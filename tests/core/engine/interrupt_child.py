@@ -23,6 +23,8 @@ PHASES = {
     "checkpoint": ("purer.engine.checkpoint", None, ("atomic_write_bytes", "atomic_save_tensors"),
                    "after"),
     "pictures": ("purer.engine.trainer", None, ("save_grid",), "after"),
+    "setup": ("purer.pipeline.build", None, ("load_zoo",), "before"),
+    "final evaluation": ("purer.pipeline.final", None, ("score_methods",), "before"),
 }
 
 

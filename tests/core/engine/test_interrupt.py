@@ -91,3 +91,18 @@ def test_ctrl_c_in_every_phase_saves_a_completed_step_and_resumes_exactly(tmp_pa
         assert metrics(run) == resume_reference.metrics[:saved], triggers
     run_purer("run", "--resume", str(run))
     assert metrics(run) == resume_reference.metrics
+
+
+def test_ctrl_c_before_the_first_step_or_in_the_final_evaluation(tmp_path, resume_reference):
+    out = tmp_path / "runs"
+    start = ["run", "--config", str(resume_reference.config), "--out", str(out), "--steps", "2"]
+    done = run_purer(*start, "--name", "setup", command=CHILD,
+                     env={"PURER_TEST_SIGINT": "setup:1"}, check=False)
+    assert done.returncode == 130 and "interrupted before the first step; nothing was saved" \
+        in done.stderr, done.stderr[-3000:]
+    assert not (out / "setup").exists()  # no half-made run folder
+    done = run_purer(*start, "--name", "final", "--set", "eval.tasks=2", command=CHILD,
+                     env={"PURER_TEST_SIGINT": "final evaluation:1"}, check=False)
+    assert done.returncode == 130 and "interrupted during the final evaluation; training is " \
+        "complete" in done.stderr, done.stderr[-3000:]
+    assert last_step(out / "final") == 2 and not (out / "final" / "results.json").exists()
