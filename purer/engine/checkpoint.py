@@ -103,7 +103,7 @@ def save_state(folder: Path, stem: str, state: dict[str, Any], pointer: str | No
         atomic_write_bytes(target, payload)
         target = folder / f"{stem}.json"
         atomic_write_text(target, json.dumps(document))
-        read_pair(folder, stem)  # what is on disk, before anything points at it
+        verify_pair(folder, stem)  # what is on disk, before anything points at it
         if pointer:
             target = folder / f"{pointer}.json"
             atomic_write_text(target, json.dumps({"stem": stem, **(info or {})}))
@@ -125,12 +125,10 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_pair(folder: Path, stem: str, device: torch.device | str = "cpu") -> tuple[dict, dict]:
-    """One checkpoint pair, verified against its digests: (state, info).
-
-    Any fault (missing, empty, truncated, changed) is a one-line
-    :class:`RunError` naming the file.
-    """
+def verify_pair(folder: Path, stem: str) -> dict[str, Any]:
+    """The JSON document of a checkpoint pair, after checking both files
+    against its digests. Any fault (missing, empty, truncated, changed) is a
+    one-line :class:`RunError` naming the file."""
     meta_path, tensor_path = folder / f"{stem}.json", folder / f"{stem}.safetensors"
     try:
         document = json.loads(meta_path.read_text())
@@ -140,15 +138,22 @@ def read_pair(folder: Path, stem: str, device: torch.device | str = "cpu") -> tu
         raise RunError(f"{meta_path}: truncated or corrupt checkpoint ({_one_line(exc)})") from None
     if not isinstance(document, dict) or not isinstance(document.get("state"), dict):
         raise RunError(f"{meta_path}: not a purer checkpoint")
+    if not tensor_path.is_file():
+        raise RunError(f"{tensor_path}: checkpoint file missing")
     digests = document.get(DIGESTS)
     if digests is not None:  # checkpoints of purer versions before digests have none
         body = {"info": document.get("info", {}), "state": document["state"]}
         if not isinstance(digests, dict) or digests.get("body") != _body_digest(body):
             raise RunError(f"{meta_path}: sha256 mismatch (file changed or corrupt)")
-        if not tensor_path.is_file():
-            raise RunError(f"{tensor_path}: checkpoint file missing")
         if file_sha256(tensor_path) != digests.get("tensors"):
             raise RunError(f"{tensor_path}: sha256 mismatch (file changed or corrupt)")
+    return document
+
+
+def read_pair(folder: Path, stem: str, device: torch.device | str = "cpu") -> tuple[dict, dict]:
+    """One checkpoint pair, verified (:func:`verify_pair`) and loaded: (state, info)."""
+    document = verify_pair(folder, stem)
+    tensor_path = folder / f"{stem}.safetensors"
     try:
         tensors = load_tensors(tensor_path, device)
     except FileNotFoundError:
@@ -159,7 +164,7 @@ def read_pair(folder: Path, stem: str, device: torch.device | str = "cpu") -> tu
     try:
         state = unflatten_state(document["state"], tensors)
     except (KeyError, TypeError, ValueError):
-        raise RunError(f"{meta_path}: does not match {tensor_path.name}") from None
+        raise RunError(f"{folder / f'{stem}.json'}: does not match {tensor_path.name}") from None
     info = document.get("info", {})
     return state, info if isinstance(info, dict) else {}
 
