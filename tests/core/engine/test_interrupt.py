@@ -46,6 +46,7 @@ def resume_reference(tmp_path_factory: pytest.TempPathFactory, tiny_zoo: Path) -
     return Reference(config, metrics(folder / "runs" / "whole"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, resume_reference):
     killed = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([*PURER, "run", "--no-eval", "--config", str(resume_reference.config),
@@ -75,6 +76,7 @@ CHAIN = [
 ]
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_every_phase_saves_a_completed_step_and_resumes_exactly(tmp_path,
                                                                            resume_reference):
     run = tmp_path / "runs" / "chain"
@@ -93,6 +95,7 @@ def test_ctrl_c_in_every_phase_saves_a_completed_step_and_resumes_exactly(tmp_pa
     assert metrics(run) == resume_reference.metrics
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_step_or_in_the_final_evaluation(tmp_path, resume_reference):
     out = tmp_path / "runs"
     start = ["run", "--config", str(resume_reference.config), "--out", str(out), "--steps", "2"]
