@@ -44,7 +44,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from purer.errors import ConfigError, DataError, DivergenceError, PluginError, PurerError, ZooError
+from purer.errors import (
+    ConfigError,
+    DataError,
+    DivergenceError,
+    PluginError,
+    PurerError,
+    SplitMissing,
+    ZooError,
+)
 from purer.hookspecs import Register, hookimpl
 from purer.interfaces import (
     Calibrator,
@@ -125,8 +133,8 @@ __all__ = [
     "hookimpl", "Register", "Options", "Component", "Inverter", "InversionTerm", "InversionContext",
     "InversionLoss", "Curriculum", "MetaLearner", "Calibrator", "Initializer", "DatasetReader",
     "DatasetOptions", "Params", "Workers",
-    "PurerError", "PluginError", "ConfigError", "DataError", "ZooError", "DivergenceError",
-    *_LAZY,
+    "PurerError", "PluginError", "ConfigError", "DataError", "SplitMissing", "ZooError",
+    "DivergenceError", *_LAZY,
 ]
 
 

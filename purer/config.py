@@ -15,7 +15,7 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -135,8 +135,9 @@ class TrainSection(Section):
 class EvalSection(Section):
     tasks: int = Field(600, ge=1)
     query: int = Field(15, ge=1)
-    way: int | None = None  # None: the training way
-    shots: list[int] = Field(default_factory=list)  # empty: the training shot
+    way: int | None = Field(None, ge=2)  # None: the training way
+    # empty: the training shot
+    shots: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     split: Literal["meta_test", "meta_val"] = "meta_test"
     seed: int = 2023
     baselines: list[str] = Field(default_factory=lambda: ["random", "average"],

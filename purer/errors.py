@@ -17,8 +17,18 @@ class DataError(PurerError):
     """A dataset file is missing, corrupt or not what it claims to be."""
 
 
+class SplitMissing(DataError):
+    """A dataset folder holds no file or folder for one split (some folders
+    hold only some splits; a split that is there but unreadable is a plain
+    :class:`DataError`)."""
+
+
 class ZooError(PurerError):
     """A teacher's weights or manifest entry is missing, corrupt or inconsistent."""
+
+
+class RunError(PurerError):
+    """A run folder is in use or taken, or its checkpoints are corrupt or cannot be written."""
 
 
 class DivergenceError(PurerError):

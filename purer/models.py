@@ -126,15 +126,33 @@ def architecture_of(model: nn.Module) -> str:
     return cfg.get("architecture") or type(model).__name__
 
 
+def declared_input_size(model: nn.Module) -> int | None:
+    """The input side a model was built for, where the model itself says so.
+
+    A timm ``pretrained_cfg`` keeps the architecture's default size even when
+    the model was built for another (a ViT with ``img_size=32`` still says
+    224), so the model's own ``img_size`` (Conv4) or its patch embedding's
+    (ViTs) come first. None for models that accept any size or do not say.
+    """
+    for owner in (model, getattr(model, "patch_embed", None)):
+        size = getattr(owner, "img_size", None) if owner is not None else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+        if isinstance(size, (tuple, list)) and size and all(isinstance(v, int) for v in size):
+            return int(size[-1])
+    return None
+
+
 def input_space_of(model: nn.Module, default_size: int = 32) -> InputSpace:
-    """The input space in the model's timm ``pretrained_cfg`` (size, mean, std).
+    """The input space a model expects: its side (:func:`declared_input_size`,
+    else the timm ``pretrained_cfg``), mean and std (``pretrained_cfg``).
 
     Falls back to ``default_size`` and ImageNet statistics for a model that
     carries no config.
     """
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size")
-    side = int(size[-1]) if size else default_size
+    side = declared_input_size(model) or (int(size[-1]) if size else default_size)
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
     if len(mean) == 1:

@@ -29,6 +29,7 @@ from purer.api import (
     DatasetReader,
     InputSpace,
     SplitData,
+    SplitMissing,
     check_split,
     decode_many,
     file_signature,
@@ -89,7 +90,7 @@ def detect(root: Path, split: str) -> str:
     if (root / split).is_dir():
         return "folders"
     if any((root / f"{s}.npz").is_file() or (root / s).is_dir() for s in CifarFS.splits):
-        raise DataError(f"{root}: split {split} missing (expected {split}.npz or {split}/)")
+        raise SplitMissing(f"{root}: split {split} missing (expected {split}.npz or {split}/)")
     raise DataError(f"{root}: no CIFAR-FS data found (expected {HINT})")
 
 
@@ -110,11 +111,15 @@ def _load_pickles(folder: str, signature: tuple) -> tuple[torch.Tensor, np.ndarr
     base = Path(folder)
     meta = load_plain_pickle(base / "meta")
     names = _field(meta, "fine_label_names", base / "meta")
+    if not isinstance(names, (list, tuple)) or not names or \
+            not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{base / 'meta'}: 'fine_label_names' must be a list of class names")
+    names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
     parts, labels = [], []
     for name in ("train", "test"):
         part = load_plain_pickle(base / name)
         data = np.asarray(_field(part, "data", base / name))
-        fine = np.asarray(_field(part, "fine_labels", base / name), dtype=np.int64)
+        fine = _labels(_field(part, "fine_labels", base / name), len(names), base / name)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
                 or len(fine) != len(data):
             raise DataError(f"{base / name}: 'data' must be uint8 N x 3072 with N fine labels, "
@@ -123,6 +128,25 @@ def _load_pickles(folder: str, signature: tuple) -> tuple[torch.Tensor, np.ndarr
         labels.append(fine)
     return torch.from_numpy(np.concatenate(parts)), np.concatenate(labels), \
         [str(n) for n in names]
+
+
+def _labels(value: Any, classes: int, path: Path) -> np.ndarray:
+    """``fine_labels`` as int64, each an index of ``fine_label_names``: an image
+    with another label is an error, never silently left out of every split."""
+    try:
+        labels = np.asarray(value)
+    except (ValueError, TypeError):
+        labels = np.asarray([], dtype=object)
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"{path}: 'fine_labels' must be a list of integers, got "
+                        f"{labels.dtype} {tuple(labels.shape)}")
+    labels = labels.astype(np.int64)
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = labels[(labels < 0) | (labels >= classes)]
+        raise DataError(f"{path}: 'fine_labels' must lie in 0..{classes - 1} (one per "
+                        f"fine_label_names entry); found {int(bad[0])} "
+                        f"({bad.size} image(s) out of range)")
+    return labels
 
 
 def _field(obj: Any, key: str, path: Path) -> Any:

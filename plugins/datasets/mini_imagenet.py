@@ -32,6 +32,7 @@ from purer.api import (
     DatasetReader,
     InputSpace,
     SplitData,
+    SplitMissing,
     cache_dir,
     cached_array,
     check_split,
@@ -87,7 +88,7 @@ def detect(root: Path, split: str) -> str:
         return "csv"
     if (root / split).is_dir() or (root / SHORT[split]).is_dir():
         return "folders"
-    raise DataError(f"{root}: split {split} not found (expected {split}.npz, "
+    raise SplitMissing(f"{root}: split {split} not found (expected {split}.npz, "
                     f"{SHORT[split]}.csv with images/, or {SHORT[split]}/<wnid>/ folders)")
 
 
@@ -95,7 +96,7 @@ def split_folder(root: Path, split: str) -> Path:
     for name in (split, SHORT[split]):
         if (root / name).is_dir():
             return root / name
-    raise DataError(f"{root / split}: split folder not found")
+    raise SplitMissing(f"{root / split}: split folder not found")
 
 
 def _space(size: int) -> InputSpace:

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from purer.errors import DataError
+from purer.errors import DataError, SplitMissing
 
 if TYPE_CHECKING:
     from purer.types import SplitData
@@ -37,7 +37,12 @@ def register(cli: click.Group) -> None:
                   help="A reader option, e.g. --set images_per_class=50; repeatable.")
     def show(name: str, root: str | None, picture_split: str, out: str | None, per_class: int,
              classes: int, assignments: tuple[str, ...]) -> None:
-        """Print the splits of dataset NAME and save a grid of its images."""
+        """Print the splits of dataset NAME and save a grid of its images.
+
+        A split the folder does not hold is listed as missing; a split that is
+        there but cannot be read fails the command (exit status 2), after the
+        table and the picture.
+        """
         from purer.data import load_split
 
         options = _reader_options(assignments)
@@ -54,6 +59,11 @@ def register(cli: click.Group) -> None:
         path = Path(out or f"{name}-{picture_split}.png")
         save_examples(shown, path, per_class, classes)
         click.echo(f"wrote {path}")
+        broken = [(split, exc) for split, exc in splits.items()
+                  if isinstance(exc, DataError) and not isinstance(exc, SplitMissing)]
+        if broken:
+            more = f" (and {len(broken) - 1} more split(s))" if len(broken) > 1 else ""
+            raise DataError(f"{name} {broken[0][0]}: {broken[0][1]}{more}")
 
 
 

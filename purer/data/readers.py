@@ -3,8 +3,12 @@
 Every reader ends in :func:`make_split`, so all of them hand out the same
 layout: uint8 NCHW images grouped by label, labels 0..K-1 following the
 alphabetical order of the class names. Every fault a user can cause (missing
-folder, truncated file, bad array, unsafe pickle) becomes a one-line
-:class:`~purer.errors.DataError` that starts with the path it concerns.
+folder, truncated file, bad array, damaged compression, unsafe pickle)
+becomes a one-line :class:`~purer.errors.DataError` that starts with the
+path it concerns. Readers size what they allocate from what the file says
+and check that size before allocating (:func:`load_npz`,
+:class:`PlainDataUnpickler`), so a small hostile file cannot ask for tens of
+GiB.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import pickle
 import tempfile
@@ -26,7 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from purer.errors import DataError
+from purer.errors import DataError, SplitMissing
 from purer.types import InputSpace, SplitData
 
 SPLITS = ("meta_train", "meta_val", "meta_test")
@@ -92,7 +97,8 @@ def file_signature(path: Path, what: str = "file") -> tuple[str, int, int]:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
+        error = SplitMissing if what == "split file" else DataError
+        raise error(f"{path}: {what} not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -172,28 +178,73 @@ def share(split: SplitData) -> SplitData:
 
 
 # ---------------------------------------------------------------------- npz
+def memory_limit() -> int:
+    """The most bytes one array read from a file may take: half of this
+    machine's physical memory (no dataset split of purer's comes close)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):  # pragma: no cover (not POSIX)
+        return 64 << 30
+
+
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of a ``.npy`` stream."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(fh)
+    else:
+        shape, _, dtype = fmt._read_array_header(fh, version)  # (3, 0): utf-8 field names
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):.1f} GiB" if nbytes >= 1 << 30 else f"{nbytes:,} bytes"
+
+
 def load_npz(path: Path, required: dict[str, str]) -> dict[str, np.ndarray]:
     """Read the named arrays of an ``.npz`` without pickle.
 
     ``required`` maps array name to the numpy dtype kinds allowed ("u", "i",
     "iu", "U", ...). Anything that would need pickle (object arrays) refuses
-    to load, so a hostile file cannot run code.
+    to load, so a hostile file cannot run code. Each array's header is read
+    first: its size must agree with what the archive says the member holds
+    and stay within :func:`memory_limit`, before anything is allocated.
     """
     if not path.is_file():
-        raise DataError(f"{path}: split file not found")
+        raise SplitMissing(f"{path}: split file not found")
     out: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in required if k not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+            missing = [k for k in required if k not in members]
             if missing:
                 raise DataError(f"{path}: missing array {missing[0]!r} "
-                                f"(has: {', '.join(archive.files) or 'nothing'})")
+                                f"(has: {', '.join(members) or 'nothing'})")
             for key in required:
-                out[key] = archive[key]
+                info = archive.getinfo(members[key])
+                with archive.open(info) as fh:
+                    shape, dtype = _npy_header(fh)
+                if dtype.hasobject:
+                    raise DataError(f"{path}: corrupt or unreadable npz (array {key!r} holds "
+                                    "Python objects, which would need pickle; refused)")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise DataError(f"{path}: array {key!r} claims shape {shape} "
+                                    f"({_gib(nbytes)}) but its member holds {_gib(info.file_size)}")
+                if nbytes > memory_limit():
+                    raise DataError(f"{path}: array {key!r} would take {_gib(nbytes)}, more than "
+                                    f"half of this machine's memory")
+                with archive.open(info) as fh:
+                    out[key] = np.lib.format.read_array(fh, allow_pickle=False)
+                    fh.read()  # to the end of the member, where its CRC-32 is checked
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable npz ({_one_line(exc)})") from None
+    except Exception as exc:  # a damaged archive breaks zipfile, zlib or numpy's header parser
+        raise DataError(f"{path}: corrupt or unreadable npz ({type(exc).__name__}: "
+                        f"{_one_line(exc)})") from None
     for key, kinds in required.items():
         if out[key].dtype.kind not in kinds:
             raise DataError(f"{path}: array {key!r} has dtype {out[key].dtype}, expected "
@@ -246,7 +297,7 @@ def scan_image_folder(split_dir: Path) -> tuple[list[Path], list[int], list[str]
     do not depend on the file system.
     """
     if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: split folder not found")
+        raise SplitMissing(f"{split_dir}: split folder not found")
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{split_dir}: no class folders inside")
@@ -274,42 +325,114 @@ class RefusedGlobal(pickle.UnpicklingError):
     """A pickle asked for a global outside the plain-data allow-list."""
 
 
+class RefusedAllocation(pickle.UnpicklingError):
+    """A pickle asked for more memory than its own size can account for."""
+
+
+def _reconstruct_function() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
 class PlainDataUnpickler(pickle.Unpickler):
-    """An unpickler that builds plain data only.
+    """An unpickler that builds plain data only, within a memory budget.
 
     The CIFAR pickles hold dicts, lists, strings, ints and numpy arrays; the
     only globals they need are numpy's array reconstruction. Every other
     global (``os.system``, ``builtins.eval``, ...) is refused, so a hostile
     file cannot run code while it loads.
+
+    Arrays are the one way a few bytes of pickle can ask for much memory
+    (a shape of 10**10 costs a dozen bytes; one string referenced by many
+    arrays is copied into each). Every array allocation is sized before it
+    happens and counted against ``budget`` bytes (by default twice the
+    file's size, about what a real pickle of arrays needs).
     """
+
+    def __init__(self, file: Any, budget: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.budget = budget
+        unpickler = self
+
+        class BoundedArray(np.ndarray):
+            """ndarray whose construction and unpickled state are paid for first."""
+
+            def __new__(cls, shape: Any, dtype: Any = float, *args: Any, **kw: Any) -> Any:
+                unpickler.allocate(shape, dtype)
+                return super().__new__(cls, shape, dtype, *args, **kw)
+
+            def __setstate__(self, state: Any) -> None:
+                if isinstance(state, tuple) and len(state) in (4, 5):
+                    shape, dtype = state[-4], state[-3]
+                    unpickler.allocate(shape, dtype)
+                super().__setstate__(state)
+
+        self.array_type = BoundedArray
+
+    def allocate(self, shape: Any, dtype: Any) -> None:
+        """Pay for an array of ``shape`` and ``dtype`` out of the budget."""
+        try:
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            nbytes = math.prod(int(n) for n in dims) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise pickle.UnpicklingError(f"bad array shape or dtype ({_one_line(exc)})") from None
+        if nbytes < 0 or nbytes > self.budget:
+            raise RefusedAllocation(f"an array of shape {dims} would take {_gib(nbytes)}, more "
+                                    "than the file's size accounts for")
+        self.budget -= nbytes
+
+    def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
+        self.allocate(shape, dtype)
+        return _reconstruct_function()(self.array_type, shape, dtype)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _NUMPY_GLOBALS:
             raise RefusedGlobal(f"refused global {module}.{name}")
         if name == "_reconstruct":
-            try:
-                from numpy._core.multiarray import _reconstruct
-            except ImportError:  # numpy < 2
-                from numpy.core.multiarray import _reconstruct
-            return _reconstruct
+            return self.reconstruct
+        if name == "ndarray":
+            return self.array_type
         return getattr(np, name)
 
 
-def load_plain_pickle(path: Path) -> Any:
+def _plain(value: Any) -> Any:
+    """The unpickled tree with plain ndarrays (views, no copies) for the bounded ones."""
+    if isinstance(value, np.ndarray):
+        return value.view(np.ndarray)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def load_plain_pickle(path: Path, budget: int | None = None) -> Any:
     """Load a pickle of plain data (see :class:`PlainDataUnpickler`).
 
     ``encoding="latin1"`` reads the Python 2 pickles CIFAR ships, whose array
-    bytes are stored as 8-bit strings.
+    bytes are stored as 8-bit strings. ``budget``: the most bytes of arrays
+    the pickle may build (default: twice the file's size plus 1 MiB).
     """
     try:
+        size = path.stat().st_size
         with path.open("rb") as fh:
-            return PlainDataUnpickler(fh, encoding="latin1").load()
+            allowed = budget if budget is not None else 2 * size + (1 << 20)
+            unpickler = PlainDataUnpickler(fh, allowed, encoding="latin1")
+            return _plain(unpickler.load())
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except RefusedGlobal as exc:
         raise DataError(f"{path}: not a plain-data pickle ({_one_line(exc)})") from None
-    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError) as exc:
+    except RefusedAllocation as exc:
+        raise DataError(f"{path}: refused: {_one_line(exc)}") from None
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError, OverflowError, RecursionError,
+            UnicodeDecodeError) as exc:
         raise DataError(f"{path}: corrupt pickle ({type(exc).__name__}: "
                         f"{_one_line(exc)})") from None
 

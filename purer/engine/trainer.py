@@ -7,13 +7,23 @@ then the curriculum's feedback. Everything around it (validation,
 checkpoints, pictures, logging) is bookkeeping that never touches the
 random streams the step uses, so a run resumed from a checkpoint replays
 the uninterrupted run exactly.
+
+Ctrl-C (SIGINT) never cuts a step in half: while :meth:`ECITrainer.train`
+runs, SIGINT only raises a flag, the step in progress finishes with all of
+its bookkeeping (metrics line, validation, checkpoint, pictures), its state
+is saved, and only then ``KeyboardInterrupt`` is raised. So the saved state
+is always a completed step's, and a resumed run replays the uninterrupted
+one (docs/engine.md, "Interruption and resume guarantees").
 """
 
 from __future__ import annotations
 
-import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,11 +39,11 @@ from purer.engine.pseudo_episodes import (
     draw_episodes,
     sample_pseudo_episodes,
 )
-from purer.errors import ConfigError, DivergenceError
+from purer.errors import ConfigError, DataError, DivergenceError
 from purer.evaluation.evaluator import evaluate
 from purer.interfaces import Curriculum, Inverter, MetaLearner
 from purer.pictures import save_curve, save_grid
-from purer.progress import progress
+from purer.progress import console, progress
 from purer.rundir import RunDir
 from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher
 
@@ -75,13 +85,23 @@ class ECITrainer:
         self.space, self.val_split = space, val_split
         self.generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
         self.owners = OwnerTable(class_keys(teachers))
-        train = config.train
-        self.val_tasks = None if val_split is None else make_task_list(
-            val_split, train.way, train.shot, train.query, train.val_tasks, seed=config.eval.seed + 1)
+        self.val_tasks = None if val_split is None else self._val_task_list(val_split)
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "val_accuracy": -1.0}
         self.val_history: list[tuple[int, float]] = []
         self.graphed = self._graphed_step(config.train.cuda_graph)
+        self.interrupted = False  # a Ctrl-C arrived; stop after the step in progress
+        self._running = 0  # the step in progress
+
+    def _val_task_list(self, split: SplitData):
+        t = self.config.train
+        try:
+            return make_task_list(split, t.way, t.shot, t.query, t.val_tasks,
+                                  seed=self.config.eval.seed + 1, dataset=self.config.data.name,
+                                  split_name="meta_val")
+        except DataError as exc:
+            raise DataError(f"{exc} (meta-val tasks of train.way={t.way}, train.shot={t.shot}, "
+                            f"train.query={t.query})") from None
 
     def _graphed_step(self, wanted: bool | str) -> GraphedStep | None:
         """The CUDA-graph runner when ``train.cuda_graph`` asks for it (``auto``:
@@ -151,28 +171,59 @@ class ECITrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
+        """Steps ``self.step + 1 .. train.steps``; returns the best-so-far record.
+
+        Raises ``KeyboardInterrupt`` after a Ctrl-C, once the step it landed
+        in is complete and saved (see the module docstring).
+        """
         train = self.config.train
-        with progress() as bar:
+        with progress() as bar, self._deferred_interrupts():
             task = bar.add_task("meta-train", total=train.steps, completed=self.step, status="")
-            try:
-                for step in range(self.step + 1, train.steps + 1):
-                    started = time.perf_counter()
-                    record = self.outer_step(step)
-                    self.guard(record)
-                    record["seconds"] = time.perf_counter() - started
-                    self.step = step
-                    if step % train.val_every == 0 or step == train.steps:
-                        record["val_accuracy"] = self.validate(step)
-                    self.run.log(record)
-                    if step % train.checkpoint_every == 0 or step == train.steps:
+            for step in range(self.step + 1, train.steps + 1):
+                self._running = step
+                started = time.perf_counter()
+                record = self.outer_step(step)
+                self.guard(record)
+                record["seconds"] = time.perf_counter() - started
+                self.step = step
+                if step % train.val_every == 0 or step == train.steps:
+                    record["val_accuracy"] = self.validate(step)
+                self.run.log(record)
+                if step % train.checkpoint_every == 0 or step == train.steps:
+                    self.save()
+                if step % train.image_every == 0 or step == train.steps:
+                    self.save_pictures(step)
+                bar.update(task, completed=step, status=self._status(record))
+                if self.interrupted:
+                    if self.last_saved() != step:
                         self.save()
-                    if step % train.image_every == 0 or step == train.steps:
-                        self.save_pictures(step)
-                    bar.update(task, completed=step, status=self._status(record))
-            except KeyboardInterrupt:
-                self.save()
-                raise
+                    raise KeyboardInterrupt
         return self.best
+
+    @contextmanager
+    def _deferred_interrupts(self) -> Iterator[None]:
+        """While training, SIGINT sets :attr:`interrupted` instead of raising
+        in the middle of whatever runs (only the main thread can install a
+        handler; elsewhere SIGINT never reaches this thread anyway)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def defer(signum: int, frame: object) -> None:
+            if self.interrupted:
+                console.print(f"interrupt: already stopping after step {self._running}",
+                              highlight=False, soft_wrap=True)
+                return
+            self.interrupted = True
+            console.print(f"interrupt: finishing step {self._running} (its validation and "
+                          "checkpoint included), then saving and stopping", highlight=False,
+                          soft_wrap=True)
+
+        previous = signal.signal(signal.SIGINT, defer)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _status(self, r: dict[str, Any]) -> str:
         switch = "[red]on[/]" if r["switch"] else "off"
@@ -180,19 +231,53 @@ class ECITrainer:
         return f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% switch {switch}{val}"
 
     def guard(self, record: dict[str, Any]) -> None:
-        """Stop on NaN/Inf or an exploding memory, before anything is saved."""
+        """Stop on NaN/Inf or an exploding memory, before anything is saved.
+
+        Covers everything a checkpoint would keep as "last good": the logged
+        numbers, the memory (per teacher) and the meta-model's parameters and
+        buffers. A non-finite loss is traced to the teacher it came from when
+        one teacher's memory or logits are the non-finite ones.
+        """
+        step = record["step"]
         for key, value in record.items():
             if isinstance(value, float) and not math.isfinite(value):
-                self._diverged(record["step"], key, value)
-        largest = float(torch.stack([x.abs().max() for x in self.inverter.teacher_images()]).max())
-        if not largest < self.config.train.max_memory_abs:
-            self._diverged(record["step"], "memory |max|", largest)
+                self._diverged(step, key, value, self._culprit_teacher())
+        images = self.inverter.teacher_images()
+        tensors = {k: v for k, v in self.meta.model.state_dict().items()
+                   if v.is_floating_point() and v.numel()}
+        # one device sync for all: the |max| (NaN if any) of each teacher's memory and of
+        # each of the meta-model's tensors
+        read = torch.stack([x.detach().abs().amax().float()
+                            for x in [*images, *tensors.values()]]).tolist()
+        for teacher, value in zip(self.teachers, read):
+            if not value < self.config.train.max_memory_abs:
+                self._diverged(step, f"memory |max| of teacher '{teacher.name}'", value)
+        for name, value in zip(tensors, read[len(images):]):
+            if not math.isfinite(value):
+                self._diverged(step, f"meta-model '{name}'", "not finite")
 
-    def _diverged(self, step: int, component: str, value: float) -> None:
-        self.run.log({"step": step, "diverged": component, "value": repr(value)})
+    @torch.no_grad()
+    def _culprit_teacher(self) -> str | None:
+        """The teacher whose memory, or whose logits on its memory, are not finite."""
+        for teacher, images in zip(self.teachers, self.inverter.teacher_images()):
+            if not bool(torch.isfinite(images).all()):
+                return f"teacher '{teacher.name}': its memory is not finite"
+        for teacher, images in zip(self.teachers, self.inverter.teacher_images()):
+            try:
+                logits = teacher.model(images.reshape(-1, *images.shape[2:])[:8])
+            except Exception:  # a diagnosis only: the divergence error must still come out
+                continue
+            if not bool(torch.isfinite(logits).all()):
+                return f"teacher '{teacher.name}': its logits on its memory are not finite"
+        return None
+
+    def _diverged(self, step: int, component: str, value: object, cause: str | None = None) -> None:
+        self.run.log({"step": step, "diverged": component, "value": repr(value),
+                      **({"cause": cause} if cause else {})})
         kept = f"step {self.last_saved()}" if self.last_saved() else "none yet"
-        raise DivergenceError(f"step {step}: {component} is {value}; stopped, the last good "
-                              f"checkpoint ({kept}) is kept in {self.run.checkpoints}")
+        because = f" ({cause})" if cause else ""
+        raise DivergenceError(f"step {step}: {component} is {value}{because}; stopped, the last "
+                              f"good checkpoint ({kept}) is kept in {self.run.checkpoints}")
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -204,7 +289,6 @@ class ECITrainer:
             self.best = {"step": step, "val_accuracy": result.accuracy}
             ckpt.save_state(self.run.checkpoints, f"best-{step}", {"model": self.meta.model.state_dict()},
                             pointer="best", info=self.best)
-            ckpt.prune(self.run.checkpoints, {f"best-{step}"}, "best")
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",
                    title="meta-val accuracy", ylabel="acc %")
@@ -220,14 +304,19 @@ class ECITrainer:
         stem = f"step-{self.step}"
         ckpt.save_state(self.run.checkpoints, stem, self.state(), pointer="last",
                         info={"step": self.step})
-        ckpt.prune(self.run.checkpoints, {stem}, "step")
 
     def last_saved(self) -> int:
-        path = self.run.checkpoints / "last.json"
-        return int(json.loads(path.read_text())["step"]) if path.exists() else 0
+        """The step of the checkpoint ``last.json`` names (0: none yet)."""
+        stem = ckpt.pointed_stem(self.run.checkpoints, "last")
+        return int(stem.split("-")[1]) if stem else 0
 
     def resume(self) -> None:
+        """Continue from the newest intact checkpoint (``last``, else a fallback)."""
         state, _ = ckpt.load_state(self.run.checkpoints, "last", self.device)
+        reached = int(state["step"])
+        if reached > self.config.train.steps:
+            raise ConfigError(f"train.steps={self.config.train.steps}: the run is already at step "
+                              f"{reached}; resume with --steps {reached} or more")
         self.meta.load_state_dict(state["meta"])
         self.inverter.load_state_dict(state["inverter"])
         self.curriculum.load_state_dict(state["curriculum"])

@@ -17,15 +17,22 @@ from purer.cache import cache_dir
 from purer.config import InversionSection, PluginSection, RunConfig, TrainSection, ZooSection
 from purer.data import read_split
 from purer.engine.trainer import ECITrainer
+from purer.errors import ConfigError, PluginError
 from purer.interfaces import Calibrator, MetaLearner
 from purer.inversion import InversionLoss
 from purer.plugins import get_host
-from purer.rundir import RunDir
+from purer.rundir import RunDir, atomic_write_text
 from purer.types import Teacher
 
 
 def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path:
-    """The configured zoo, or a cached one built (once) from ``zoo.build``."""
+    """The configured zoo, or a cached one built (once) from ``zoo.build``.
+
+    Runs started together may ask for the same cached zoo: ``build_zoo``
+    holds the zoo folder's lock while it trains, so the second one waits and
+    then finds every teacher trained and verified instead of training them
+    over the first one's files.
+    """
     if zoo.path:
         return Path(zoo.path)
     from purer.zoo.build import build_zoo
@@ -37,7 +44,7 @@ def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path
         options = data.option_dict()
         root = options.pop("root", None)
         build_zoo(zoo.build, data.name, root, out, device, data_options=options)
-        (out / ".complete").write_text(json.dumps(recipe))
+        atomic_write_text(out / ".complete", json.dumps(recipe))
     return out
 
 
@@ -52,7 +59,14 @@ def build_meta_model(train: TrainSection, way: int | None = None) -> torch.nn.Mo
     (default: the training way)."""
     from purer.models import create_model
 
-    return create_model(train.meta_arch, num_classes=way or train.way, **train.meta_arch_kwargs)
+    try:
+        return create_model(train.meta_arch, num_classes=way or train.way, **train.meta_arch_kwargs)
+    except PluginError as exc:
+        raise ConfigError(f"train.meta_arch: {exc}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # the entry point refused
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"train.meta_arch_kwargs: cannot build '{train.meta_arch}' with "
+                          f"{train.meta_arch_kwargs}: {first}") from None
 
 
 def initialize(model: torch.nn.Module, init: PluginSection, teachers: Sequence[Teacher],

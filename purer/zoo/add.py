@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch import Tensor
 from purer.errors import ZooError
 from purer.models import head_parameter_names, input_space_of, parameter_count
 from purer.rundir import atomic_save_tensors
-from purer.zoo.load import build_model, check_state, zoo_dir
+from purer.zoo.load import build_model, check_state, dry_forward, zoo_dir
 from purer.zoo.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -49,11 +50,13 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
-                TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except pickle.UnpicklingError as exc:
             raise ZooError(f"{path}: refused: not a plain tensor checkpoint (only weights_only "
-                           f"loading is allowed: {first})") from None
+                           f"loading is allowed: {_first_line(exc)})") from None
+        except (RuntimeError, EOFError, ValueError, AttributeError, TypeError, KeyError,
+                IndexError, OSError, UnicodeDecodeError, zipfile.BadZipFile, MemoryError) as exc:
+            raise ZooError(f"{path}: not a readable torch checkpoint (truncated, or not a .pt "
+                           f"file: {type(exc).__name__}: {_first_line(exc)})") from None
     while isinstance(state, dict):
         inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
         if inner is None:
@@ -67,6 +70,11 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
             raise ZooError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor")
         flat[key[len("module."):] if key.startswith("module.") else key] = value
     return flat
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _head_outputs(arch: str, arch_kwargs: dict[str, Any], state: dict[str, Tensor]) -> int | None:
@@ -106,10 +114,14 @@ def add_teacher(zoo: str | Path, arch: str, weights: str | Path, *,
     """Register the checkpoint ``weights`` of architecture ``arch`` in the zoo.
 
     The class count comes from ``classes``/``class_ids`` or, when neither is
-    given, from the checkpoint's head. The input space comes from
-    ``input_size``/``mean``/``std`` where given, else from the architecture's
-    timm ``pretrained_cfg``. The zoo folder and its zoo.json are created when
-    absent.
+    given, from the checkpoint's head. Without ``classes`` each output gets a
+    placeholder class of this teacher's own (``<name>.class<i>``): teachers
+    share a class only when the user says so, by giving the same class name
+    (with the same ``dataset``) or id. The input space comes from
+    ``input_size``/``mean``/``std`` where given, else from the model (the
+    size it was built for, :func:`purer.models.input_space_of`); one forward
+    pass checks that the size fits. The zoo folder and its zoo.json are
+    created when absent.
     """
     folder = zoo_dir(zoo)
     weights = Path(weights)
@@ -128,7 +140,7 @@ def add_teacher(zoo: str | Path, arch: str, weights: str | Path, *,
         if count is None:
             raise ZooError(f"teacher '{name}' ({weights}): cannot tell the class count from the "
                            "checkpoint; pass --classes or --class-ids")
-    names = list(classes) if classes else [f"class{i}" for i in range(count)]
+    names = list(classes) if classes else [f"{name}.class{i}" for i in range(count)]
     ids = list(class_ids) if class_ids else _fresh_ids(manifest, dataset, names)
 
     file = f"{name}.safetensors"
@@ -149,13 +161,20 @@ def add_teacher(zoo: str | Path, arch: str, weights: str | Path, *,
         raise ZooError(f"teacher '{name}': {field}: {err['msg']}") from None
     check_state(entry, probe, state)
     probe.load_state_dict(state, strict=True)
+    dry_forward(entry, probe)
 
     target = folder / file
     if target.exists():
         raise ZooError(f"{target} already exists; pass --name to choose another")
-    atomic_save_tensors(target, {k: v.clone() for k, v in state.items()},
-                        metadata={"arch": arch, "teacher": name, "format": "pt"})
-    entry.sha256 = file_sha256(target)
-    manifest.teachers.append(entry)
-    save_manifest(folder, manifest)
+    try:
+        atomic_save_tensors(target, {k: v.clone() for k, v in state.items()},
+                            metadata={"arch": arch, "teacher": name, "format": "pt"})
+        entry.sha256 = file_sha256(target)
+        manifest.teachers.append(entry)
+        save_manifest(folder, manifest)
+    except OSError as exc:
+        if entry.sha256 is not None:  # the weights went in, the manifest did not: take them out
+            target.unlink(missing_ok=True)
+        raise ZooError(f"{exc.filename or folder}: cannot write to the zoo "
+                       f"({exc.strerror or exc})") from None
     return entry

@@ -23,7 +23,7 @@ from purer.config import ZooBuildOptions
 from purer.errors import ConfigError, ZooError
 from purer.models import create_model, is_known, parameter_count
 from purer.progress import console, progress
-from purer.rundir import atomic_save_tensors, resolve_device
+from purer.rundir import FileLock, atomic_save_tensors, resolve_device
 from purer.types import SplitData
 from purer.zoo.manifest import (
     MANIFEST_NAME,
@@ -107,6 +107,31 @@ def build_zoo(options: ZooBuildOptions, data: str, root: str | None, out: str | 
     plans = make_plan(options, {n: s.class_names for n, s in splits.items()}, data)
 
     record = build_record(options, data, extra)
+    with _build_lock(out):
+        return _build(out, record, plans, options, archs, splits, device)
+
+
+BUILD_LOCK = ".build.lock"
+
+
+def _build_lock(out: Path) -> FileLock:
+    """The zoo folder's lock, taken (waiting for another build of the same
+    folder to finish first: it then resumes with nothing left to train)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ZooError(f"{out}: cannot create the zoo folder ({exc.strerror or exc})") from None
+    lock = FileLock(out / BUILD_LOCK)
+    if not lock.acquire(wait=False):
+        console.print(f"{out}: another process ({lock.holder()}) is building this zoo; waiting "
+                      "for it", highlight=False, markup=False, soft_wrap=True)
+        lock.acquire(wait=True)
+    return lock
+
+
+def _build(out: Path, record: dict[str, Any], plans: list[TeacherPlan], options: ZooBuildOptions,
+           archs: list[str], splits: dict[str, SplitData], device: torch.device) -> Manifest:
+    """Train the planned teachers that ``out`` does not hold yet (lock held)."""
     manifest, todo = _resume(out, record, plans)
     if len(plans) < options.teachers:
         console.print(f"note: {options.assign} assignment gives {len(plans)} teachers "

@@ -1,10 +1,12 @@
 """Teachers from a zoo, checked, frozen and resident on the device.
 
 Loading verifies every teacher before any work starts: the weights file's
-sha256, that it parses as safetensors, that the architecture exists, and that
+sha256, that it parses as safetensors, that the architecture exists, that
 the tensors match the architecture key for key and shape for shape (the head's
-width against the manifest's class count). A fault is one line naming the
-teacher and its file.
+width against the manifest's class count) and hold finite numbers, and, with
+one forward pass on a blank image, that the architecture takes the input
+size the manifest gives and answers with finite logits, one per class. A
+fault is one line naming the teacher, its file and the field.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from purer.errors import PluginError, ZooError
-from purer.models import create_model, head_parameter_names, is_known
+from purer.models import create_model, declared_input_size, head_parameter_names, is_known
 from purer.types import Teacher, find_bn_layers
 from purer.zoo.manifest import Manifest, TeacherEntry, file_sha256, load_manifest, manifest_path
 
 log = logging.getLogger("purer.zoo")
 
 __all__ = ["load_manifest", "load_teachers", "read_weights", "build_model", "check_state",
-           "load_teacher_model"]
+           "dry_forward", "load_teacher_model"]
 
 
 def zoo_dir(zoo: str | Path) -> Path:
@@ -89,6 +91,43 @@ def check_state(entry: TeacherEntry, model: nn.Module, state: dict[str, Tensor])
         if state[key].dtype.is_floating_point != value.dtype.is_floating_point:
             raise ZooError(f"{entry.where()}: '{key}' has dtype {state[key].dtype}, "
                            f"expected {value.dtype}")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ZooError(f"{entry.where()}: weight '{key}' holds NaN or infinite values")
+
+
+@torch.no_grad()
+def dry_forward(entry: TeacherEntry, model: nn.Module) -> None:
+    """The entry's input size against the model: the size the model says it
+    was built for, if it says, and one forward pass on a blank image of that
+    size, which must give finite logits, one per class.
+
+    Catches a wrong ``input_size`` (a ViT's patch grid or Conv4's head are
+    fixed at construction) when the zoo is made or loaded, not minutes into a
+    run.
+    """
+    size = entry.input_size
+    arch = f"'{entry.arch}'" + (f" {entry.arch_kwargs}" if entry.arch_kwargs else "")
+    built_for = declared_input_size(model)
+    if built_for is not None and built_for != size:
+        raise ZooError(f"{entry.where()}: input_size: {size} px, but {arch} was built for "
+                       f"{built_for} px")
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # whatever the architecture raises on a wrong size
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZooError(f"{entry.where()}: input_size: {size} px does not fit {arch} "
+                       f"({type(exc).__name__}: {first[:200]})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, Tensor) or tuple(logits.shape) != (1, entry.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ZooError(f"{entry.where()}: a {size} px input gives outputs of shape {shape}, "
+                       f"expected (1, {entry.num_classes})")
+    if not bool(torch.isfinite(logits).all()):
+        raise ZooError(f"{entry.where()}: its logits on a blank {size} px image are not finite")
 
 
 def load_teacher_model(zoo: str | Path, entry: TeacherEntry) -> nn.Module:
@@ -97,6 +136,7 @@ def load_teacher_model(zoo: str | Path, entry: TeacherEntry) -> nn.Module:
     model = build_model(entry)
     check_state(entry, model, state)
     model.load_state_dict(state, strict=True)
+    dry_forward(entry, model)
     return model
 
 

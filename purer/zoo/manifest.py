@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -24,6 +25,10 @@ from purer.types import InputSpace
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "zoo.json"
+# The largest teacher input side accepted: a run keeps shot + query images of
+# this side per class and teacher in memory, so an edited or mistaken size
+# would otherwise ask for terabytes. Large ImageNet models use 224 to 518.
+MAX_INPUT_SIZE = 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -40,7 +45,7 @@ class TeacherEntry(BaseModel):
     dataset: str = ""
     class_ids: list[int] = Field(description="global class id of each output, in output order")
     class_names: list[str]
-    input_size: int = Field(ge=1)
+    input_size: int = Field(ge=1, le=MAX_INPUT_SIZE)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     heldout_accuracy: float | None = None
@@ -71,6 +76,13 @@ class TeacherEntry(BaseModel):
     def _hex(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
             raise ValueError("must be 64 lower-case hex digits")
+        return value
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(v) for v in value):
+            raise ValueError(f"must be finite numbers, got {list(value)}")
         return value
 
     @field_validator("std")

@@ -3,54 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import metrics, write_config
 
 import purer
 from purer.cli.main import main
-from purer.config import build_config, to_toml
 from purer.engine.checkpoint import load_state
 from purer.interfaces import InversionTerm
 from purer.pipeline.final import load_meta_learner
-from purer.plugins import get_host
-
-TINY = {
-    "seed": 3,
-    "data": {"name": "synthetic-shapes", "images_per_class": 60},
-    "train": {"steps": 12, "val_every": 4, "val_tasks": 8, "checkpoint_every": 4, "image_every": 6,
-              "query": 3, "meta_arch_kwargs": {"width": 8}},
-    "curriculum": {"name": "gradient-switch", "start": 2, "window": 2},
-    "eval": {"batch_tasks": 8},
-}
-
-
-def write_config(tmp_path: Path, zoo: Path, **changes) -> Path:
-    config = json.loads(json.dumps(TINY))
-    config["zoo"] = {"path": str(zoo)}
-    config["out"] = str(tmp_path / "runs")
-    for dotted, value in changes.items():
-        node = config
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    path = tmp_path / "run.toml"
-    path.write_text(to_toml(build_config(config, host=get_host())))
-    return path
-
-
-def metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds", None)
-    return rows
 
 
 def run_cli(*args: str) -> None:
@@ -79,33 +41,6 @@ def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo):
     assert config_loaded.train.steps == 12
     for k, v in learner.model.state_dict().items():
         assert torch.equal(v, state["model"][k])
-
-
-def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, tiny_zoo):
-    config = write_config(tmp_path, tiny_zoo, **{"train.steps": 24, "train.checkpoint_every": 4,
-                                                 "train.val_every": 6, "inverter.cpu_workers": 2,
-                                                 "meta.cpu_workers": 2})
-    # every phase in a process of its own, as a user would run them
-    # (one intra-op thread: tiny models, and no slowdown when the machine is busy;
-    # teachers and episodes on two worker threads, as `auto` gives on a 2-core CPU)
-    purer = [sys.executable, "-m", "purer.cli.main", "run", "--no-eval"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
-             "env": {**os.environ, "OMP_NUM_THREADS": "1"}}
-    subprocess.run([*purer, "--config", str(config), "--name", "whole"], check=True, **quiet)
-    killed = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen([*purer, "--config", str(config), "--name", "killed"], **quiet)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        path = killed / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= 7:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    saved = json.loads((killed / "checkpoints" / "last.json").read_text())["step"]
-    assert 4 <= saved < 24
-    subprocess.run([*purer, "--resume", str(killed)], check=True, **quiet)
-    assert metrics(killed) == metrics(tmp_path / "runs" / "whole")
 
 
 class Exploding(InversionTerm):
