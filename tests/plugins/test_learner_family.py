@@ -51,7 +51,7 @@ def directional(loss_of, tensors: list[torch.Tensor], directions: list[torch.Ten
         with torch.no_grad():
             for t, d in zip(tensors, directions):
                 t.add_(scale * d)
-        value = float(loss_of())
+        value = float(loss_of().detach())
         with torch.no_grad():
             for t, d in zip(tensors, directions):
                 t.sub_(scale * d)
