@@ -185,3 +185,43 @@ def test_icfil_calibrates_every_learner(name, classifier, split):
     result = evaluate(learner, tasks, split, "cpu",
                       icfil(classifier=classifier, synthesis_steps=2, head_steps=5), batch_tasks=2)
     assert result.n_tasks == 2 and 0.0 <= result.accuracy <= 100.0
+
+
+# ---------------------------------------------------------------------- CUDA graphs
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", NEW)
+def test_every_learner_is_captured_in_a_cuda_graph(name):
+    """Both switch states get captured (two eager warm-up steps each) and
+    replayed without falling back to eager execution."""
+    from purer.config import RunConfig
+    from purer.engine.trainer import ECITrainer
+    from purer.types import InputSpace, Teacher, find_bn_layers
+
+    device = torch.device("cuda")
+    space = InputSpace(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    teachers = []
+    for k in range(3):
+        classes = list(range(5 * k, 5 * k + 5))
+        model = create_model("conv4", num_classes=5).to(device).eval().requires_grad_(False)
+        teachers.append(Teacher(f"t{k}", model, classes, [str(c) for c in classes], space, arch="conv4",
+                                bn_layers=find_bn_layers(model)))
+    config = RunConfig(device="cuda", train={"shot": 1, "query": 3, "cuda_graph": True})
+    meta = get_host().create("meta_learner", name)
+    meta.setup(create_model("conv4", num_classes=5), device)
+    inverter = get_host().create("inverter", "deepinv")
+    generator = torch.Generator().manual_seed(0)
+    inverter.setup(teachers, 4, device, generator, inversion_loss())
+
+    class EveryOtherStep:
+        def adversarial_scale(self, step):
+            return 10.0 if step % 2 else 0.0
+
+        def observe(self, step, accuracy):
+            pass
+
+    trainer = ECITrainer(config, None, device, teachers, meta, inverter, EveryOtherStep(), space,
+                         generator=generator)
+    records = [trainer.outer_step(step) for step in range(1, 9)]
+    assert set(trainer.graphed.graphs) == {0.0, 10.0} and not trainer.graphed.failed
+    assert all(torch.isfinite(torch.tensor(r["outer_loss"])) for r in records)
