@@ -208,9 +208,9 @@ def test_reptile_update_matches_a_hand_computation(inner_data):
             labels = torch.cat([labels, episodes.query_labels[e]])
         adapted.append(_sgd_by_hand(0.3, -0.2, images.mean((1, 2, 3)).tolist(), labels.tolist(), 3, 0.7))
     w_mean, v_mean = (sum(a[0] for a in adapted) / 2, sum(a[1] for a in adapted) / 2)
-    assert float(learner.model.w) == pytest.approx(0.3 + 0.4 * (w_mean - 0.3), rel=1e-12)
-    assert float(learner.model.v) == pytest.approx(-0.2 + 0.4 * (v_mean + 0.2), rel=1e-12)
-    assert float(learner.model.w) != pytest.approx(0.3)
+    assert float(learner.model.w.detach()) == pytest.approx(0.3 + 0.4 * (w_mean - 0.3), rel=1e-12)
+    assert float(learner.model.v.detach()) == pytest.approx(-0.2 + 0.4 * (v_mean + 0.2), rel=1e-12)
+    assert float(learner.model.w.detach()) != pytest.approx(0.3)
 
 
 # ---------------------------------------------------------------------- Meta-SGD
