@@ -220,14 +220,32 @@ class MetaLearner(Component):
         raise ConfigError(f"meta-learner {self.name or type(self).__name__} does not support "
                           "train.cuda_graph")
 
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs: the model's weights, learned
+        meta-parameters outside the model, optimiser state."""
+        return {"model": self.model.state_dict()}
+
+    def test_state_dict(self) -> dict[str, Any]:
+        """What meta-testing needs, without optimiser state: the model's
+        weights and any learned meta-parameters outside the model (e.g.
+        learned inner step sizes). The engine keeps it as the val-selected
+        checkpoint; :meth:`load_state_dict` must accept it as well."""
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+
     # ----------------------------------------------------------------- meta-test
-    def test_adapt(self, support: Tensor, labels: Tensor) -> Params:
-        """Adaptation at meta-test time: from detached copies of the
-        meta-parameters, no second-order graph, with the learner's meta-test
-        settings; returns a detached adapted state."""
+    def test_adapt(self, support: Tensor, labels: Tensor, params: Params | None = None) -> Params:
+        """Adaptation at meta-test time: from detached copies of ``params``
+        (default the meta-parameters; a calibrator may restart from a
+        changed backbone), no second-order graph, with the learner's
+        meta-test settings; returns a detached adapted state."""
         import torch
 
-        base = {k: v.detach().clone().requires_grad_() for k, v in self.params().items()}
+        start = self.params() if params is None else params
+        base = {k: v.detach().clone().requires_grad_() for k, v in start.items()}
         with torch.enable_grad():
             adapted = self.adapt(support, labels, create_graph=False, params=base)
         return {k: v.detach() for k, v in adapted.items()}

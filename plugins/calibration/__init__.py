@@ -30,6 +30,10 @@ class ICFILOptions(Options):
     head_lr: float = Field(0.01, gt=0, description="Adam lr of the new linear head")
     head_init: Literal["zero", "default"] = Field(
         "zero", description="new head's init: zeros, or nn.Linear's default (seeded)")
+    classifier: Literal["head", "learner"] = Field(
+        "head", description="step 3: a new linear head on the calibrated features, or the "
+        "meta-learner's own test-time adaptation rerun from the calibrated backbone (e.g. "
+        "ProtoNet's prototypes recomputed in the calibrated embedding)")
     batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="tasks together (vmap) or one by one; auto: loop on CPU, vmap else")
     channels_last: bool = Field(False, description="NHWC images and weights")

@@ -12,7 +12,11 @@ After the inner loop, for each target task:
    other pseudo images), ``calib_steps`` Adam steps of ``calib_lr``;
 3. freeze the backbone, train a fresh linear head on the support features
    (``head_steps`` Adam steps of ``head_lr``, cross entropy) and predict the
-   queries.
+   queries. With ``classifier="learner"`` instead, rerun the meta-learner's
+   own test-time adaptation (``test_adapt``) from the meta-parameters with
+   the calibrated backbone in place of theirs, and predict with the result:
+   the learner's classifier (MAML's adapted head, ProtoNet's prototypes) on
+   the calibrated embedding.
 
 The BN term. Eq. 4 matches the pseudo batch's per-layer feature statistics to
 a BN layer's running statistics, but the meta-model normalises with batch
@@ -82,6 +86,9 @@ class ICFIL(Calibrator):
         batching = self.options.batching
         if batching == "auto":
             batching = "loop" if support.device.type == "cpu" else "vmap"
+        if self.options.classifier == "learner":
+            return self.predict_with_learner(learner, params, support, support_labels, query,
+                                             batching == "loop")
         if batching == "loop" and support.shape[0] > 1:
             parts = [self.calibrated_features(learner, {k: v[t:t + 1] for k, v in params.items()},
                                               support[t:t + 1], support_labels[t:t + 1],
@@ -106,6 +113,28 @@ class ICFIL(Calibrator):
         features = _over_tasks(learner.features)
         with torch.no_grad():
             return features(backbone, support), features(backbone, query)
+
+    def predict_with_learner(self, learner: MetaLearner, params: Params, support: Tensor,
+                             labels: Tensor, query: Tensor, one_by_one: bool) -> Tensor:
+        """Steps 1-2, then step 3 with ``classifier="learner"``: query logits
+        ``[T, NQ, way]`` of the learner re-adapted from the calibrated backbone."""
+        params = {k: v.detach() for k, v in params.items()}
+        names = _backbone_names(learner, params)
+        start = {k: v.detach() for k, v in learner.params().items()}
+        logits = []
+        for part in ([slice(t, t + 1) for t in range(support.shape[0])] if one_by_one
+                     else [slice(None)]):
+            task_params = {k: v[part] for k, v in params.items()}
+            with torch.enable_grad():
+                pseudo, pseudo_labels = self.synthesize(learner, task_params, support[part], labels[part])
+                backbone = self.calibrate(learner, task_params, support[part], labels[part], pseudo,
+                                          pseudo_labels)
+            for t in range(pseudo.shape[0]):
+                adapted = learner.test_adapt(support[part][t], labels[part][t],
+                                             params={**start, **{k: backbone[k][t] for k in names}})
+                with torch.no_grad():
+                    logits.append(learner.predict(adapted, query[part][t]))
+        return torch.stack(logits)
 
     # ----------------------------------------------------------------- step 1
     def synthesize(self, learner: MetaLearner, params: Params, support: Tensor,

@@ -287,7 +287,7 @@ class ECITrainer:
         self.val_history.append((step, result.accuracy))
         if result.accuracy > self.best["val_accuracy"]:
             self.best = {"step": step, "val_accuracy": result.accuracy}
-            ckpt.save_state(self.run.checkpoints, f"best-{step}", {"model": self.meta.model.state_dict()},
+            ckpt.save_state(self.run.checkpoints, f"best-{step}", self.meta.test_state_dict(),
                             pointer="best", info=self.best)
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",

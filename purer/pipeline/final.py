@@ -38,7 +38,7 @@ def load_meta_learner(run_dir: str | Path, which: str = "best",
     device = resolve_device(config.device) if device is None else torch.device(device)
     learner = build_meta_learner(config.meta, build_meta_model(config.train), device)
     state, info = load_state(run.checkpoints, which, device)
-    learner.model.load_state_dict(state["meta"]["model"] if "meta" in state else state["model"])
+    learner.load_state_dict(state["meta"] if "meta" in state else state)
     return learner, config, info
 
 

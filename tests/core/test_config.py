@@ -218,8 +218,9 @@ def test_unknown_plugin_name_lists_the_installed_ones(purer_host):
     message = error_of(assignments=("curriculum.name=nope",), host=purer_host)
     assert message.startswith("curriculum.name: unknown curriculum 'nope' (installed: ")
     assert "gradient-switch" in message and "none" in message
-    assert error_of(assignments=("meta.name=reptile",), host=purer_host).startswith(
-        "meta.name: unknown meta learner 'reptile' (installed: maml")
+    message = error_of(assignments=("meta.name=nope",), host=purer_host)
+    assert message.startswith("meta.name: unknown meta learner 'nope' (installed: ")
+    assert "maml" in message and "reptile" in message
 
 
 def test_set_an_option_of_the_default_plugin(purer_host):
