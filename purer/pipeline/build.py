@@ -16,6 +16,7 @@ import torch
 from purer.cache import cache_dir
 from purer.config import InversionSection, PluginSection, RunConfig, TrainSection, ZooSection
 from purer.data import read_split
+from purer.distributed import World
 from purer.engine.trainer import ECITrainer
 from purer.errors import ConfigError, PluginError
 from purer.interfaces import Calibrator, MetaLearner
@@ -100,9 +101,12 @@ def build_calibrator(calibrator: PluginSection, inversion: InversionSection) -> 
     return built
 
 
-def build_trainer(config: RunConfig, run: RunDir, device: torch.device) -> ECITrainer:
+def build_trainer(config: RunConfig, run: RunDir, device: torch.device,
+                  world: World | None = None) -> ECITrainer:
     """Everything Alg. 1 needs, from the configuration: teachers, the
-    initialised meta-model in its learner, the inverter, the curriculum."""
+    initialised meta-model in its learner, the inverter, the curriculum.
+    ``world``: the processes sharing the run (each builds the same
+    components; the trainer shards the teachers)."""
     host, train = get_host(), config.train
     generator = torch.Generator().manual_seed(config.seed)
     teachers = load_zoo(config.zoo, config.data, device)
@@ -116,4 +120,4 @@ def build_trainer(config: RunConfig, run: RunDir, device: torch.device) -> ECITr
     curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
                              section="curriculum")
     return ECITrainer(config, run, device, teachers, meta, inverter, curriculum, val_split.space,
-                      val_split, generator)
+                      val_split, generator, world)
