@@ -166,10 +166,10 @@ def _train(run_dir: RunDir, config: RunConfig, *, resumed: bool, no_eval: bool,
                       soft_wrap=True)
         raise SystemExit(130) from None
     console.print(f"best meta-val accuracy {best['val_accuracy']:.2f}% at step {best['step']}")
-    if no_eval or not world.is_main:
+    if no_eval:
         return
     try:
-        final_evaluation(run_dir, config, trainer.teachers, device)
+        final_evaluation(run_dir, config, trainer.teachers, device, world=world)
     except KeyboardInterrupt:
         console.print(f"interrupted during the final evaluation; training is complete: score it "
                       f"with `purer eval {run_dir.path}`", highlight=False, soft_wrap=True)

@@ -421,7 +421,8 @@ class ECITrainer:
     @torch.no_grad()
     def validate(self, step: int) -> float:
         result = evaluate(self.meta, self.val_tasks, self.val_split, self.device,
-                          batch_tasks=self.config.eval.batch_tasks, description="meta-val")
+                          batch_tasks=self.config.eval.batch_tasks, description="meta-val",
+                          world=self.world)
         self.val_history.append((step, result.accuracy))
         if result.accuracy > self.best["val_accuracy"]:
             self.best = {"step": step, "val_accuracy": result.accuracy}

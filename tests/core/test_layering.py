@@ -36,7 +36,7 @@ LAYERS: dict[str, list[str]] = {
     "engine": ["purer.engine"],
     "pipeline": ["purer.pipeline"],
     # what users and tests touch: the command line and the testing helpers
-    "front": ["purer.cli", "purer.testing", "purer.pytest_plugin"],
+    "front": ["purer.cli", "purer.testing", "purer.pytest_plugin", "purer.__main__"],
 }
 RANK = {layer: i for i, layer in enumerate(LAYERS)}
 
