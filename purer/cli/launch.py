@@ -9,6 +9,9 @@ from collections.abc import Sequence
 
 from purer.errors import PurerError
 
+# The command line of the running ``purer`` (set by ``purer.cli.main.main``).
+ARGS: list[str] = []
+
 
 class RankFailed(PurerError):
     """A rank of a multi-process command failed; the job was taken down."""

@@ -39,10 +39,6 @@ def build_cli() -> click.Group:
     return cli
 
 
-# The command line of this call of :func:`main` (``--nproc`` starts it again).
-ARGS: list[str] = []
-
-
 def _rank() -> str:
     """``rank R: `` in a process of a multi-process run (its errors say which)."""
     import os
@@ -51,7 +47,9 @@ def _rank() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ARGS[:] = sys.argv[1:] if argv is None else argv
+    from purer.cli.launch import ARGS
+
+    ARGS[:] = sys.argv[1:] if argv is None else argv  # --nproc starts this command again
     tune_allocator()
     try:
         build_cli().main(args=argv, prog_name="purer", standalone_mode=False)

@@ -43,8 +43,7 @@ def register(cli: click.Group) -> None:
         from purer.rundir import RunDir
 
         if nproc is not None and nproc > 1 and not launched():
-            from purer.cli.launch import relaunch
-            from purer.cli.main import ARGS
+            from purer.cli.launch import ARGS, relaunch
 
             relaunch(nproc, ARGS)
             return

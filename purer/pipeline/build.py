@@ -26,7 +26,8 @@ from purer.rundir import RunDir, atomic_write_text
 from purer.types import Teacher
 
 
-def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path:
+def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device,
+             world: World | None = None) -> Path:
     """The configured zoo, or a cached one built (once) from ``zoo.build``.
 
     Runs started together may ask for the same cached zoo: ``build_zoo``
@@ -44,15 +45,19 @@ def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path
     if not (out / ".complete").exists():
         options = data.option_dict()
         root = options.pop("root", None)
-        build_zoo(zoo.build, data.name, root, out, device, data_options=options)
-        atomic_write_text(out / ".complete", json.dumps(recipe))
+        world = world if world is not None else World()
+        build_zoo(zoo.build, data.name, root, out, device, data_options=options, world=world)
+        if world.is_main:
+            atomic_write_text(out / ".complete", json.dumps(recipe))
+        world.barrier()
     return out
 
 
-def load_zoo(zoo: ZooSection, data: PluginSection, device: torch.device) -> list[Teacher]:
+def load_zoo(zoo: ZooSection, data: PluginSection, device: torch.device,
+             world: World | None = None) -> list[Teacher]:
     from purer.zoo.load import load_teachers
 
-    return load_teachers(zoo_path(zoo, data, device), device)
+    return load_teachers(zoo_path(zoo, data, device, world), device)
 
 
 def build_meta_model(train: TrainSection, way: int | None = None) -> torch.nn.Module:
@@ -109,7 +114,7 @@ def build_trainer(config: RunConfig, run: RunDir, device: torch.device,
     components; the trainer shards the teachers)."""
     host, train = get_host(), config.train
     generator = torch.Generator().manual_seed(config.seed)
-    teachers = load_zoo(config.zoo, config.data, device)
+    teachers = load_zoo(config.zoo, config.data, device, world)
     val_split = read_split(config.data, "meta_val")
     torch.manual_seed(config.seed)  # the meta-model's init depends on the seed alone
     model = build_meta_model(train)
