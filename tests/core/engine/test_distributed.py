@@ -26,8 +26,11 @@ import torch.multiprocessing as mp
 from run_helpers import CHILD_ENV, PURER, last_step, metrics, run_purer, write_config
 
 from purer.cli.launch import without_nproc
+from purer.config import ZooBuildOptions
 from purer.distributed import World, balance
 from purer.errors import ConfigError
+from purer.testing import tiny_meta_train
+from purer.zoo.build import build_zoo
 
 # Relative tolerance of every logged number of a 2-process run against the
 # 1-process one; measured differences are ~1e-7 (float32 rounding).
@@ -158,11 +161,35 @@ def _ranks(rank: int, size: int, init: str, out: str) -> None:
         result["mismatch"] = None
     except ConfigError as exc:
         result["mismatch"] = str(exc)
+    torch.set_num_threads(1)
+    zoo = build_zoo(ZooBuildOptions(**ZOO), "synthetic-shapes", None, Path(out) / "zoo", "cpu",
+                    loader=tiny_meta_train, world=world)
+    result["zoo"] = [[t.name, t.heldout_accuracy] for t in zoo.teachers]
+    result["eval"] = _scores(world)
     Path(out, f"{rank}.json").write_text(json.dumps(result))
     torch.distributed.destroy_process_group()
 
 
-def test_gather_rows_sends_gradients_to_the_owner_and_mismatched_configs_stop(tmp_path):
+ZOO = {"scenario": "ss", "teachers": 3, "arch": ["conv4"], "arch_kwargs": {"conv4": {"width": 8}},
+       "epochs": 1, "batch_size": 64}
+
+
+def _scores(world: World) -> list[float]:
+    """Per-task accuracies of a fresh meta-model on 10 tasks, scored by ``world``."""
+    from purer.data.episodes import make_task_list
+    from purer.evaluation.evaluator import evaluate
+    from purer.models import create_model
+    from purer.plugins import get_host
+
+    torch.manual_seed(0)
+    learner = get_host().create("meta_learner", "maml", {})
+    learner.setup(create_model("conv4", num_classes=5, width=8), torch.device("cpu"))
+    split = tiny_meta_train("synthetic-shapes")
+    tasks = make_task_list(split, 5, 1, 3, 10, seed=0)
+    return evaluate(learner, tasks, split, "cpu", batch_tasks=4, world=world).accuracies
+
+
+def test_gather_rows_zoo_build_and_evaluation_across_two_ranks(tmp_path):
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.start_processes(_ranks, args=(2, init, str(tmp_path)), nprocs=2, start_method="spawn")
     results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
@@ -174,3 +201,17 @@ def test_gather_rows_sends_gradients_to_the_owner_and_mismatched_configs_stop(tm
     for r in results:
         assert r["mismatch"] == ("the run configuration: differs between ranks (rank 0 and "
                                  "rank(s) 1); start every rank with the same configuration")
+    # zoo build: teacher i on rank i mod 2, the manifest of one process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = build_zoo(ZooBuildOptions(**ZOO), "synthetic-shapes", None, tmp_path / "zoo1", "cpu",
+                        loader=tiny_meta_train)
+        scores = _scores(World())
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0]["zoo"] == results[1]["zoo"] == [[t.name, t.heldout_accuracy]
+                                                      for t in one.teachers]
+    # evaluation: each rank scores 5 of the 10 tasks; gathered, the one-process list
+    assert results[0]["eval"] == results[1]["eval"]
+    assert results[0]["eval"] == pytest.approx(scores, abs=1e-4)
