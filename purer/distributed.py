@@ -66,13 +66,16 @@ class World:
         torch.distributed.all_reduce(value)
         return bool(value.item() > 0)
 
-    def gather_rows(self, tensor: Tensor) -> list[Tensor]:
+    def gather_rows(self, tensor: Tensor, counts: list[int] | None = None) -> list[Tensor]:
         """Every rank's ``tensor`` (equal trailing shapes, any number of rows),
         differentiable: the gradient of each piece flows back to the rank that
-        owns it, summed over the ranks that used it."""
+        owns it, summed over the ranks that used it. ``counts``: each rank's
+        number of rows, when known (else they are exchanged first)."""
         if not self.distributed:
             return [tensor]
-        return list(_GatherRows.apply(self, tensor))
+        if counts is None:
+            counts = [int(c) for c in self.gather_objects(int(tensor.shape[0]))]
+        return list(_GatherRows.apply(self, counts, tensor))
 
     def gather_objects(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable; tensors should be on the CPU)."""
@@ -126,8 +129,7 @@ class _GatherRows(torch.autograd.Function):
     with all_reduce alone: gloo has no reduce-scatter."""
 
     @staticmethod
-    def forward(ctx: Any, world: World, tensor: Tensor) -> tuple[Tensor, ...]:
-        counts = [int(c) for c in world.gather_objects(int(tensor.shape[0]))]
+    def forward(ctx: Any, world: World, counts: list[int], tensor: Tensor) -> tuple[Tensor, ...]:
         ctx.world, ctx.counts = world, counts
         longest = max(counts)
         padded = tensor.new_zeros((longest, *tensor.shape[1:]))
@@ -137,7 +139,7 @@ class _GatherRows(torch.autograd.Function):
         return tuple(p[:c] for p, c in zip(pieces, counts))
 
     @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[None, Tensor]:
+    def backward(ctx: Any, *grads: Tensor) -> tuple[None, None, Tensor]:
         world, counts = ctx.world, ctx.counts
         longest = max(counts)
         stacked = grads[0].new_zeros((len(counts), longest, *grads[0].shape[1:]))
@@ -145,7 +147,7 @@ class _GatherRows(torch.autograd.Function):
             if g is not None:
                 stacked[r, :c] = g
         torch.distributed.all_reduce(stacked)
-        return None, stacked[world.rank, : counts[world.rank]]
+        return None, None, stacked[world.rank, : counts[world.rank]]
 
 
 _WORLD = World()

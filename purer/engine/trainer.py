@@ -172,6 +172,7 @@ class ECITrainer:
                     for row in range(start[k], start[k + 1])]
         position = {row: i for i, row in enumerate(gathered)}
         self._order = torch.tensor([position[row] for row in range(start[-1])], device=self.device)
+        self._rows = [sum(self.teachers[k].num_classes for k in own) for own in self.layout]
         self._class_ids = torch.tensor([c for t in self.teachers for c in t.class_ids], device=self.device)
 
     def _val_task_list(self, split: SplitData):
@@ -207,7 +208,7 @@ class ECITrainer:
         local = self.inverter.bank(self.space, detach=detach)
         if not self.sharded:
             return local
-        images = torch.cat(self.world.gather_rows(local.images)).index_select(0, self._order)
+        images = torch.cat(self.world.gather_rows(local.images, self._rows)).index_select(0, self._order)
         return ClassBank(images, self._class_ids)
 
     def sample(self, count: int, *, detach: bool) -> EpisodeBatch:
