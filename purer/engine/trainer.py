@@ -14,6 +14,13 @@ its bookkeeping (metrics line, validation, checkpoint, pictures), its state
 is saved, and only then ``KeyboardInterrupt`` is raised. So the saved state
 is always a completed step's, and a resumed run replays the uninterrupted
 one (docs/engine.md, "Interruption and resume guarantees").
+
+On several processes (``world``, docs/distributed.md) every rank draws the
+same random numbers, steps the memory of its own teachers, builds episodes
+from the bank gathered from all ranks, and meta-trains on its share of the
+episode batch with the meta-gradients summed over the ranks; every decision
+that steers the loop (switch, validation, checkpoints, interrupts) is taken
+from values equal on all ranks, so their collectives stay in step.
 """
 
 from __future__ import annotations
