@@ -33,6 +33,7 @@ def without_nproc(args: Sequence[str]) -> list[str]:
 def relaunch(nproc: int, args: Sequence[str]) -> None:
     """Run ``purer ARGS`` (without ``--nproc``) on ``nproc`` local ranks and
     wait for them; raises :class:`RankFailed` naming the first rank that failed."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -40,6 +41,10 @@ def relaunch(nproc: int, args: Sequence[str]) -> None:
                            "--module", "purer", *without_nproc(args)])
     try:
         run(launcher)
+    except SignalException as exc:  # Ctrl-C: the ranks got it too, finish their step and save
+        print(f"interrupted: signal {exc.sigval.name} passed on to the {nproc} ranks",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         cause = failure.message
