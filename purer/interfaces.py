@@ -143,6 +143,16 @@ class Inverter(Component):
         raise ``ConfigError`` if it cannot be."""
         raise ConfigError(f"inverter {self.name or type(self).__name__} does not support train.cuda_graph")
 
+    def shard(self, owned: Sequence[int]) -> None:
+        """Called once after :meth:`setup` in a run across processes: keep
+        only the teachers at indices ``owned`` (of those given to setup).
+        Afterwards :meth:`step` steps, and :meth:`bank`, :meth:`teacher_images`
+        and the state dicts cover, these teachers alone (in that order),
+        while :meth:`draw` still takes the draws of every teacher, so that
+        all ranks consume the run's random stream alike. An inverter that
+        cannot keep this default: every rank then steps all teachers."""
+        raise ConfigError(f"inverter {self.name or type(self).__name__} cannot be sharded")
+
     @abstractmethod
     def teacher_images(self) -> list[Tensor]:
         """Pseudo images per teacher, each [C_k, n, 3, H_k, W_k], normalised in

@@ -40,6 +40,8 @@ class _PlainProgress:
         task.update(fields)
         done = task["total"] is not None and task["completed"] >= task["total"]
         now = time.monotonic()
+        if console.quiet:  # e.g. a rank other than 0 of a run across processes
+            return
         if done or now - self.last >= self.every_s:
             self.last = now
             extra = " ".join(f"{k}={Text.from_markup(str(v)).plain}" for k, v in fields.items()
