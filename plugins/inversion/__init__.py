@@ -85,3 +85,4 @@ def register_inversion_terms(register) -> None:
     register("tv", "purer_plugins.inversion.terms:TotalVariationTerm", options=Options)
     register("l2", "purer_plugins.inversion.terms:L2Term", options=Options)
     register("bn", "purer_plugins.inversion.terms:BNStatisticsTerm", options=BNStatisticsOptions)
+    register("input-stats", "purer_plugins.inversion.terms:InputStatisticsTerm", options=Options)
