@@ -57,8 +57,11 @@ class GeneratorOptions(Options):
 class MetaGeneratorOptions(GeneratorOptions):
     inner_lr: float = Field(1e-2, gt=0, description="Adam learning rate of a teacher's adaptation")
     adapt_steps: int = Field(5, ge=1, description="Adam steps that adapt the meta-generator to a teacher")
-    outer_lr: float = Field(0.5, gt=0, le=1, description="Reptile step: share of the way towards the "
-                                                          "mean adapted weights")
+    outer: Literal["reptile", "fomaml"] = Field(
+        "reptile", description="meta-update: reptile (towards the mean adapted weights) or fomaml "
+                               "(Adam on the adapted copies' last gradient, as FREE)")
+    outer_lr: float = Field(0.5, gt=0, le=1, description="reptile: share of the way towards the mean "
+                                                          "adapted weights; fomaml: Adam learning rate")
     teachers_per_step: int = Field(2, ge=1, description="teachers adapted (their data renewed) per outer step")
     max_classes: int | None = Field(None, ge=1, description="class embeddings of the meta-generator "
                                                             "(default: the zoo's largest teacher; room "
