@@ -38,8 +38,9 @@ class DeepInvOptions(Options):
                             "a time on all threads). Needs folded teachers; off under compile and on GPUs")
 
 
-class GeneratorOptions(Options):
-    lr: float = Field(1e-2, gt=0, description="Adam learning rate of each teacher's generator")
+class _GeneratorNetOptions(Options):
+    """What the two generator inverters share."""
+
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the generators")
     noise: int = Field(32, ge=1, description="length of the noise vector (and of the class embedding)")
     width: int = Field(16, ge=1, description="channels of the generator's last block (twice that before)")
@@ -54,7 +55,11 @@ class GeneratorOptions(Options):
                                                      "(same function, faster)")
 
 
-class MetaGeneratorOptions(GeneratorOptions):
+class GeneratorOptions(_GeneratorNetOptions):
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate of each teacher's generator")
+
+
+class MetaGeneratorOptions(_GeneratorNetOptions):
     inner_lr: float = Field(1e-2, gt=0, description="Adam learning rate of a teacher's adaptation")
     adapt_steps: int = Field(5, ge=1, description="Adam steps that adapt the meta-generator to a teacher")
     outer: Literal["reptile", "fomaml"] = Field(

@@ -92,7 +92,7 @@ class _GeneratedData(Inverter):
     """What both generator inverters share: the teachers' views, their loss on
     generated images, the cache of the latest images and the bank."""
 
-    options: GeneratorOptions
+    options: GeneratorOptions | MetaGeneratorOptions
 
     def _setup_common(self, teachers: Sequence[Teacher], images_per_class: int, device: torch.device,
                       generator: torch.Generator, inversion: InversionLoss) -> None:

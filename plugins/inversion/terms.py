@@ -61,10 +61,10 @@ class BNStatisticsTerm(InversionTerm):
 
 
 class InputStatisticsTerm(InversionTerm):
-    """A statistics prior for teachers without BN, whose images would
-    otherwise come from cross-entropy, TV and l2 alone.
+    """Input statistics of natural images, for teachers without BN.
 
-    A teacher's input normalisation is fitted to its training data, so in
+    Without BN layers a teacher's images come from cross-entropy, TV and l2
+    alone. A teacher's input normalisation is fitted to its training data, so in
     its normalised space real images have per-channel mean 0 and variance 1;
     this term pulls the pseudo images' per-channel moments there (the BN
     term's form, at the input instead of a hidden layer), and the same for
