@@ -20,6 +20,7 @@ Usage::
     python experiments/inverters.py budget --seconds 180 --out docs/measurements/inverters
     python experiments/inverters.py recovery --out docs/measurements/inverters
     python experiments/inverters.py mixed --seconds 120 --out docs/measurements/inverters
+    python experiments/inverters.py rescore --out DIR   # meta-test again, with intervals
 """
 
 from __future__ import annotations
@@ -99,14 +100,30 @@ def race(trainers: dict, seconds: float, chunk: float, val_every: float) -> dict
 
 def meta_test(t, tasks: int) -> float:
     """Meta-test accuracy of the trainer's val-selected weights (no calibrator)."""
-    from purer.engine import checkpoint as ckpt
+    return score(t.run.path, tasks)[0]
 
-    state, _ = ckpt.load_state(t.run.checkpoints, "best")
-    t.meta.load_state_dict(state)
-    split = read_split(t.config.data, "meta_test")
-    tr = t.config.train
+
+def score(run: Path, tasks: int) -> tuple[float, float]:
+    """Meta-test accuracy and its 95 % interval of a run's val-selected
+    weights (no calibrator), on the same seeded task list for every run."""
+    from purer.pipeline.final import load_meta_learner
+
+    learner, config, _ = load_meta_learner(run, "best", "cpu")
+    split = read_split(config.data, "meta_test")
+    tr = config.train
     task_list = make_task_list(split, tr.way, tr.shot, 15, tasks, seed=2023)
-    return evaluate(t.meta, task_list, split, "cpu", batch_tasks=25).accuracy
+    result = evaluate(learner, task_list, split, "cpu", batch_tasks=25)
+    return result.accuracy, result.ci95
+
+
+def run_rescore(args: argparse.Namespace) -> None:
+    """Score every run under ``--out``/runs again, with intervals."""
+    rows = []
+    for run in sorted((args.out / "runs").iterdir()):
+        accuracy, ci95 = score(run, args.tasks)
+        rows.append({"run": run.name, "meta_test": round(accuracy, 2), "ci95": round(ci95, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    (args.out / "rescore.json").write_text(json.dumps({"conditions": conditions(), "rows": rows}, indent=1))
 
 
 def plot(curves: dict[str, list], path: Path) -> None:
@@ -181,11 +198,11 @@ def run_recovery(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         row: dict = {"seed": seed, "level": args.level}
         memory = setup_inverter("deepinv", [new], per_class, seed, loss, cpu_workers=1)
-        row["deepinv"] = steps_to(lambda: float(memory.inversion_loss()[0]), lambda: memory.step(None, {}),
-                                  args.level, args.limit)
+        row["deepinv"] = steps_to(lambda m=memory: float(m.inversion_loss()[0].detach()),
+                                  lambda m=memory: m.step(None, {}), args.level, args.limit)
         gen = setup_inverter("generator", [new], per_class, seed, loss)
-        row["generator"] = steps_to(lambda: float(gen.inversion_loss()[0]), lambda: gen.step(None, {}),
-                                    args.level, args.limit)
+        row["generator"] = steps_to(lambda g=gen: float(g.inversion_loss()[0]),
+                                    lambda g=gen: g.step(None, {}), args.level, args.limit)
         for label, meta_steps in (("meta-generator untrained", 0), ("meta-generator", args.meta_steps)):
             meta = setup_inverter("meta-generator", seen, per_class, seed, loss, teachers_per_step=2)
             started = time.perf_counter()
@@ -249,7 +266,7 @@ def run_mixed(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["budget", "recovery", "mixed"])
+    parser.add_argument("what", choices=["budget", "recovery", "mixed", "rescore"])
     parser.add_argument("--out", type=Path, default=Path("inverters-measurement"))
     parser.add_argument("--seconds", type=float, default=180.0, help="step time per inverter")
     parser.add_argument("--chunk", type=float, default=10.0, help="seconds per turn when interleaving")
@@ -262,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    {"budget": run_budget, "recovery": run_recovery, "mixed": run_mixed}[args.what](args)
+    {"budget": run_budget, "recovery": run_recovery, "mixed": run_mixed,
+     "rescore": run_rescore}[args.what](args)
 
 
 if __name__ == "__main__":
