@@ -145,6 +145,20 @@ def test_a_teacher_joining_late_is_inverted_without_touching_the_others():
         inverter.add_teachers([make_teacher(8, [20, 21, 22, 23])])
 
 
+def test_a_meta_generator_checkpoint_of_a_smaller_zoo_loads_into_a_bigger_one():
+    small = _inverter("meta-generator")
+    for _ in range(2):
+        small.step(None, {})
+    big = _inverter("meta-generator", teachers=[*_teachers(), make_teacher(7, [10, 11])], seed=1)
+    fresh = big.images[2].clone()
+    big.load_state_dict(small.state_dict())
+    assert all(torch.equal(v, small.meta_params()[k]) for k, v in big.meta_params().items())
+    assert all(torch.equal(x, y) for x, y in zip(big.images[:2], small.images))
+    assert torch.equal(big.images[2], fresh)  # the new teacher keeps its start
+    with pytest.raises(ConfigError, match="holds 3 teachers"):
+        small.load_state_dict(big.state_dict())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_graphs_are_refused_with_a_clear_error(name):
     with pytest.raises(ConfigError, match="train.cuda_graph.*cannot replay"):
