@@ -103,6 +103,14 @@ class InversionTerm(Component):
     @abstractmethod
     def __call__(self, ctx: InversionContext) -> Tensor: ...
 
+    def applies_to(self, teacher: Teacher | None) -> bool:
+        """Whether this term is part of the loss for ``teacher`` (``None``:
+        the adapted meta-model during ICFIL). Where it is not, the loss
+        counts it as zero without calling it. Default: every model; a prior
+        meant for some teachers only (e.g. those without BN) says so here,
+        and the zoo loader's notice lists the terms each teacher gets."""
+        return True
+
 
 class Inverter(Component):
     """Owns the learnable pseudo data ("dynamic dataset") and updates it.

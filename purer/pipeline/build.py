@@ -54,10 +54,11 @@ def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device,
 
 
 def load_zoo(zoo: ZooSection, data: PluginSection, device: torch.device,
-             world: World | None = None) -> list[Teacher]:
+             world: World | None = None,
+             inversion: InversionLoss | None = None) -> list[Teacher]:
     from purer.zoo.load import load_teachers
 
-    return load_teachers(zoo_path(zoo, data, device, world), device)
+    return load_teachers(zoo_path(zoo, data, device, world), device, inversion=inversion)
 
 
 def build_meta_model(train: TrainSection, way: int | None = None) -> torch.nn.Module:
@@ -114,14 +115,15 @@ def build_trainer(config: RunConfig, run: RunDir, device: torch.device,
     components; the trainer shards the teachers)."""
     host, train = get_host(), config.train
     generator = torch.Generator().manual_seed(config.seed)
-    teachers = load_zoo(config.zoo, config.data, device, world)
+    inversion = build_inversion(config.inversion)
+    teachers = load_zoo(config.zoo, config.data, device, world, inversion)
     val_split = read_split(config.data, "meta_val")
     torch.manual_seed(config.seed)  # the meta-model's init depends on the seed alone
     model = build_meta_model(train)
     initialize(model, config.init, teachers)
     meta = build_meta_learner(config.meta, model, device)
     inverter = host.create("inverter", config.inverter.name, config.inverter.options, section="inverter")
-    inverter.setup(teachers, train.shot + train.query, device, generator, build_inversion(config.inversion))
+    inverter.setup(teachers, train.shot + train.query, device, generator, inversion)
     curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
                              section="curriculum")
     return ECITrainer(config, run, device, teachers, meta, inverter, curriculum, val_split.space,
