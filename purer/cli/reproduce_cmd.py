@@ -100,12 +100,21 @@ def _build_zoo(plan: Plan, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     options = config.data.option_dict()
     root = options.pop("root", None)
+    before = _teacher_count(plan.zoo)
     started = time.perf_counter()
-    build_zoo(config.zoo.build, config.data.name, root, plan.zoo, resolve_device(config.device),
-              data_options=options)
+    manifest = build_zoo(config.zoo.build, config.data.name, root, plan.zoo,
+                         resolve_device(config.device), data_options=options)
+    reused = before == len(manifest.teachers) > 0
     command = (f"purer zoo build --data {config.data.name} --scenario {config.zoo.build.scenario} "
                f"--epochs {config.zoo.build.epochs} --out {plan.zoo}")
-    return {"part": "zoo", "command": command, "seconds": round(time.perf_counter() - started, 1)}
+    return {"part": "zoo (already built: checked)" if reused else "zoo", "command": command,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _teacher_count(zoo: Path) -> int:
+    from purer.zoo.manifest import MANIFEST_NAME, load_manifest
+
+    return len(load_manifest(zoo).teachers) if (zoo / MANIFEST_NAME).is_file() else 0
 
 
 def _job_steps(plan: Plan, job: Job, config_path: Path, threads: int, *,

@@ -316,9 +316,18 @@ def render(plan: Plan, log: Sequence[dict[str, Any]]) -> tuple[str, dict[str, An
     return "\n".join(lines) + "\n", document
 
 
+def merged_log(out: Path, log: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This invocation's parts, after the earlier invocations' parts it did not
+    redo (a rerun that reuses finished runs keeps their wall times)."""
+    path = out / "reproduce.json"
+    old = json.loads(path.read_text()).get("parts", []) if path.is_file() else []
+    redone = {c["part"] for c in log}
+    return [c for c in old if c["part"] not in redone] + list(log)
+
+
 def write_table(plan: Plan, log: Sequence[dict[str, Any]]) -> tuple[Path, str]:
-    markdown, document = render(plan, log)
     out = plan.options.out
+    markdown, document = render(plan, merged_log(out, log))
     atomic_write_text(out / "reproduce.json", json.dumps(document, indent=2))
     atomic_write_text(out / "reproduce.md", markdown)
     return out / "reproduce.md", markdown
