@@ -98,3 +98,14 @@ def test_tasks_are_shared_out_and_a_dataset_listed_twice_is_refused(two_datasets
         score_methods(config(4, ["pool-big"]), [], learner(), [], device="cpu")
     with pytest.raises(ConfigError, match="eval.tasks"):
         score_methods(config(1, ["pool-small"]), [], learner(), [], device="cpu")
+
+
+def test_per_dataset_rows_keep_their_names_in_the_printed_table():
+    from rich.console import Console
+
+    from purer.evaluation.results import ResultRow, rich_table
+
+    rows = [ResultRow("purer [pool-small]", 5, 1, 30.0, 1.0, 4), ResultRow("purer", 5, 1, 31.0, 1.0, 9)]
+    console = Console(record=True, width=120)
+    console.print(rich_table(rows))
+    assert "purer [pool-small]" in console.export_text()
