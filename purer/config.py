@@ -144,6 +144,11 @@ class EvalSection(Section):
                                  description="initialisers scored beside the trained model, and "
                                              "'real': the run's learner trained on real data")
     batch_tasks: int = Field(50, ge=1)
+    extra_data: list[str] = Field(
+        default_factory=list,
+        description="MH: more datasets as NAME or NAME=ROOT; the tasks are shared out between "
+                    "the data dataset and these, and each method gets a row per dataset and a "
+                    "pooled row")
     real_steps: int | None = Field(None, ge=0, description="outer steps of the 'real' baseline "
                                                            "(default: train.steps)")
     real_images_per_class: int | None = Field(

@@ -13,7 +13,8 @@ from purer.plugins import get_host
 from purer.runtime import tune_allocator
 
 # Modules that each define ``register(cli)``; plugins add more via ``register_commands``.
-COMMAND_MODULES = ("plugins_cmd", "config_cmd", "data_cmd", "zoo_cmd", "run_cmd", "eval_cmd")
+COMMAND_MODULES = ("plugins_cmd", "config_cmd", "data_cmd", "zoo_cmd", "run_cmd", "eval_cmd",
+                   "reproduce_cmd")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

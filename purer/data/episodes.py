@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from purer.errors import DataError
-from purer.types import EpisodeBatch, SplitData
+from purer.types import EpisodeBatch, InputSpace, SplitData
 
 # Values normalised per CPU op when materialising (torch's grain size).
 _SLICE = 32768
@@ -220,3 +220,25 @@ def _images(split: SplitData, indices: Tensor, device: torch.device) -> Tensor:
         part.copy_(split.images.index_select(0, flat[lo:lo + step]))
         part.div_(255.0).sub_(mean).div_(std)
     return out.view(n_tasks, -1, *out.shape[1:])
+
+
+def to_space(split: SplitData, space: InputSpace) -> SplitData:
+    """``split`` with its images resized into ``space`` (and normalised by it).
+
+    Tasks of another dataset (MH's pooled meta-test) must reach the
+    meta-model in the meta-model's input space. Images stay uint8: resizing
+    happens once here, bilinearly (antialiased when shrinking), in chunks,
+    so the split stays as compact as the readers make it.
+    """
+    if split.space == space:
+        return split
+    if split.space.size == space.size:
+        return SplitData(split.images, split.labels, split.class_names, space, split.class_ids)
+    out = torch.empty(len(split), 3, space.size, space.size, dtype=torch.uint8)
+    step = 512
+    for lo in range(0, len(split), step):
+        part = split.images[lo:lo + step].float()
+        resized = torch.nn.functional.interpolate(part, size=(space.size, space.size), mode="bilinear",
+                                                  align_corners=False, antialias=space.size < split.space.size)
+        out[lo:lo + step] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return SplitData(out, split.labels, split.class_names, space, split.class_ids)

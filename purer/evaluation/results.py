@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from purer.rundir import atomic_write_text
@@ -106,7 +107,7 @@ def rich_table(rows: Sequence[ResultRow], title: str = "") -> Table:
     for m in methods:
         mine = [cells[(m, s)] for s in settings if (m, s) in cells]
         per_task = max((r.seconds_per_task for r in mine), default=0.0)
-        table.add_row(m, *[cells[(m, s)].cell() if (m, s) in cells else "" for s in settings],
+        table.add_row(escape(m), *[cells[(m, s)].cell() if (m, s) in cells else "" for s in settings],
                       f"{per_task:.3f}")
     return table
 
@@ -117,7 +118,7 @@ def print_table(rows: Sequence[ResultRow], title: str = "") -> None:
     console.print(rich_table(rows, title))
     for r in rows:
         if r.note:
-            console.print(f"[yellow]note:[/yellow] {r.method} ({r.setting}): {r.note}",
+            console.print(f"[yellow]note:[/yellow] {escape(r.method)} ({r.setting}): {escape(r.note)}",
                           highlight=False)
 
 

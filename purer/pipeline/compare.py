@@ -20,10 +20,10 @@ from torch import nn
 
 from purer.config import PluginSection, RunConfig
 from purer.data import read_split
-from purer.data.episodes import TaskList, make_task_list
+from purer.data.episodes import TaskList, make_task_list, to_space
 from purer.distributed import World
 from purer.errors import ConfigError, PurerError
-from purer.evaluation.evaluator import EvalResult, evaluate
+from purer.evaluation.evaluator import EvalResult, ci95, evaluate
 from purer.evaluation.results import ResultRow
 from purer.interfaces import Calibrator, MetaLearner
 from purer.pipeline.build import build_calibrator, build_meta_learner, build_meta_model, initialize
@@ -46,6 +46,51 @@ def task_lists(config: RunConfig, split: SplitData, split_name: str) -> dict[int
     return {shot: make_task_list(split, eval_way(config), shot, e.query, e.tasks, e.seed,
                                  dataset=config.data.name, split_name=split_name)
             for shot in eval_shots(config)}
+
+
+def task_shares(total: int, parts: int) -> list[int]:
+    """``total`` tasks shared out as evenly as possible, the first parts taking the rest."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def eval_sources(config: RunConfig, split: SplitData, split_name: str
+                 ) -> list[tuple[str, SplitData, dict[int, TaskList]]]:
+    """(dataset, split, task lists per shot) of each dataset the tasks come from.
+
+    One source (the ``data`` dataset) unless ``eval.extra_data`` names more
+    (MH): then ``eval.tasks`` is shared out between the datasets, and every
+    other dataset's split is resized into the ``data`` split's input space,
+    the meta-model's.
+    """
+    from purer.config import PluginSection
+
+    if not config.eval.extra_data:
+        return [(config.data.name, split, task_lists(config, split, split_name))]
+    from purer.zoo.build import parse_extra_data
+
+    e = config.eval
+    splits = [(config.data.name, split)]
+    for name, root in parse_extra_data(list(e.extra_data)):
+        if name in [n for n, _ in splits]:
+            raise ConfigError(f"eval.extra_data: dataset '{name}' is listed twice (or is data.name)")
+        other = read_split(PluginSection(name=name, root=root), split_name)
+        splits.append((name, to_space(other, split.space)))
+    counts = task_shares(e.tasks, len(splits))
+    if min(counts) < 1:
+        raise ConfigError(f"eval.tasks: {e.tasks} tasks cannot be shared by {len(splits)} datasets")
+    return [(name, part, {shot: make_task_list(part, eval_way(config), shot, e.query, count, e.seed,
+                                               dataset=name, split_name=split_name)
+                          for shot in eval_shots(config)})
+            for (name, part), count in zip(splits, counts)]
+
+
+def pooled(results: Sequence[EvalResult]) -> EvalResult:
+    """One result over the tasks of all ``results`` (the mean over every task)."""
+    values = [a for r in results for a in r.accuracies]
+    n = len(values)
+    seconds = sum(r.seconds for r in results)
+    return EvalResult(accuracy=sum(values) / n if n else float("nan"), ci95=ci95(values),
+                      accuracies=values, n_tasks=n, seconds=seconds, seconds_per_task=seconds / max(n, 1))
 
 
 def check_baselines(names: Sequence[str]) -> None:
@@ -121,9 +166,23 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
     baselines = list(config.eval.baselines if baselines is None else baselines)
     check_baselines(baselines)
     way = eval_way(config)
-    lists = task_lists(config, split, split_name)
+    sources = eval_sources(config, split, split_name)
     batch = config.eval.batch_tasks
     rows: list[ResultRow] = []
+
+    def score(built: MetaLearner, label: str, shot: int, calib: Calibrator | None) -> None:
+        """One row, or (several datasets) a row per dataset and the pooled row."""
+        results = [evaluate(built, lists[shot], part, device, calib, batch,
+                            description=f"{label} {way}w{shot}s" + (f" {name}" if len(sources) > 1 else ""),
+                            world=world)
+                   for name, part, lists in sources]
+        if len(sources) == 1:
+            rows.append(_row(label, way, shot, results[0]))
+            return
+        for (name, _, _), result in zip(sources, results):
+            rows.append(_row(f"{label} [{name}]", way, shot, result, dataset=name))
+        rows.append(_row(label, way, shot, pooled(results),
+                         pooled={name: r.n_tasks for (name, _, _), r in zip(sources, results)}))
 
     if learner is not None:
         if _model_way(learner) not in (None, way):
@@ -136,15 +195,13 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
             variants.append((learner_label, None))
         if not calibrator.passthrough:
             variants.append((f"{learner_label}+{calibrator.name}", calibrator))
-        for shot, tasks in lists.items():
+        for shot in eval_shots(config):
             for label, calib in variants:
-                result = evaluate(learner, tasks, split, device, calib, batch,
-                                  description=f"{label} {way}w{shot}s", world=world)
-                rows.append(_row(label, way, shot, result))
+                score(learner, label, shot, calib)
 
     for name in baselines:
         initialised: MetaLearner | None = None  # an initialiser's weights do not depend on the shot
-        for shot, tasks in lists.items():
+        for shot in eval_shots(config):
             try:
                 if name == REAL_DATA:
                     built = train_on_real_data(config, way, shot, device)
@@ -156,7 +213,5 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
                 rows.append(ResultRow(name, way, shot, float("nan"), float("nan"), 0,
                                       note=str(exc).splitlines()[0]))
                 continue
-            result = evaluate(built, tasks, split, device, None, batch,
-                              description=f"{name} {way}w{shot}s", world=world)
-            rows.append(_row(name, way, shot, result))
+            score(built, name, shot, None)
     return rows

@@ -110,7 +110,8 @@ def test_unknown_keys_in_a_file_are_errors(tmp_path):
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_validates(preset, purer_host):
     config = build_config(load_preset(preset), host=purer_host)
-    assert config.curriculum.name == "gradient-switch"
+    # the paper's presets keep its curriculum; fast-* ones may run without it (EI)
+    assert config.curriculum.name == "gradient-switch" or preset.startswith("fast-")
 
 
 def test_paper_presets_match_table_1(purer_host):
