@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from purer.api import Options, hookimpl
+from purer.api import Options, Workers, hookimpl
 
 
 class ICFILOptions(Options):
@@ -36,6 +36,9 @@ class ICFILOptions(Options):
         "ProtoNet's prototypes recomputed in the calibrated embedding)")
     batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="tasks together (vmap) or one by one; auto: loop on CPU, vmap else")
+    cpu_workers: Workers = Field(
+        "auto", description="on CPU with batching loop: threads the tasks of a batch are spread "
+        "over, one intra-op thread each; auto: one per torch thread (at most 4)")
     channels_last: bool = Field(False, description="NHWC images and weights")
     seed: int = Field(0, description="seed of the pseudo-image noise, jitter and head init")
 
