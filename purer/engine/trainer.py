@@ -177,6 +177,7 @@ class ECITrainer:
         in is complete and saved (see the module docstring).
         """
         train = self.config.train
+        self.switched = 0  # steps the gradient switch fired on (for the progress lines)
         with progress() as bar, self._deferred_interrupts():
             task = bar.add_task("meta-train", total=train.steps, completed=self.step, status="")
             for step in range(self.step + 1, train.steps + 1):
@@ -226,9 +227,14 @@ class ECITrainer:
             signal.signal(signal.SIGINT, previous)
 
     def _status(self, r: dict[str, Any]) -> str:
+        # A line is printed every few seconds, and the switch fires on single
+        # steps: the count since the start says what metrics.jsonl holds.
+        self.switched += bool(r["switch"])
         switch = "[red]on[/]" if r["switch"] else "off"
+        fired = f" (fired on {self.switched} steps since launch)" if self.switched else ""
         val = f" val {r['val_accuracy']:.1f}%" if "val_accuracy" in r else ""
-        return f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% switch {switch}{val}"
+        return (f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% "
+                f"switch {switch}{fired}{val}")
 
     def guard(self, record: dict[str, Any]) -> None:
         """Stop on NaN/Inf or an exploding memory, before anything is saved.
