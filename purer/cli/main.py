@@ -10,7 +10,7 @@ import click
 from purer import __version__
 from purer.errors import PurerError
 from purer.plugins import get_host
-from purer.runtime import tune_allocator
+from purer.runtime import quiet_warnings, tune_allocator
 
 # Modules that each define ``register(cli)``; plugins add more via ``register_commands``.
 COMMAND_MODULES = ("plugins_cmd", "config_cmd", "data_cmd", "zoo_cmd", "run_cmd", "eval_cmd")
@@ -54,6 +54,7 @@ def build_cli() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     tune_allocator()
+    quiet_warnings()
     try:
         build_cli().main(args=argv, prog_name="purer", standalone_mode=False)
     except PurerError as exc:

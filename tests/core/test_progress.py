@@ -83,3 +83,15 @@ def test_teacher_count_follows_the_teachers_line(tmp_path, capsys):
     done = next(i for i, line in enumerate(lines) if line.startswith("teachers: 2/2"))
     assert done > last_teacher
     assert "elapsed" in lines[done] and "eta 0:00" in lines[done]
+
+
+def test_cli_silences_pytorchs_cuda_runtime_warning(caplog):
+    import logging
+
+    from purer.runtime import quiet_warnings
+
+    quiet_warnings()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("torch.utils.cpp_extension").warning(
+            "No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+    assert "No CUDA runtime" not in caplog.text
