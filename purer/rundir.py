@@ -21,6 +21,7 @@ refused instead of interleaving two runs' files.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -46,6 +47,15 @@ except ImportError:  # pragma: no cover
 LOCK_NAME = ".lock"
 FLAGS_NAME = "run.json"
 
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB chunks so large checkpoints never sit in memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU. Computing starts here,

@@ -37,6 +37,21 @@ TINY_ARCH_KWARGS = {
 }
 
 
+
+def run_purer(*args: object) -> int:
+    """``purer ARGS`` in this process through the real entry point, error
+    handling included, so a test sees the exit status and the one-line error a
+    user would see (read it from ``capsys``)."""
+    from purer.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
 def synthetic_split(num_classes: int = 64, per_class: int = 40, size: int = 32, seed: int = 0,
                     space: InputSpace | None = None, prefix: str = "class",
                     first_id: int = 0) -> SplitData:

@@ -25,7 +25,7 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from purer.errors import ConfigError, RunError
-from purer.rundir import atomic_write_bytes, atomic_write_text, load_tensors
+from purer.rundir import atomic_write_bytes, atomic_write_text, file_sha256, load_tensors
 
 TENSOR = "__tensor__"
 DIGESTS = "sha256"
@@ -33,13 +33,6 @@ DIGESTS = "sha256"
 POINTERS = {"last": "step", "best": "best"}
 _STEM = re.compile(r"(?P<prefix>[a-z]+)-(?P<n>[0-9]+)")
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def flatten_state(state: Any, tensors: dict[str, Tensor], prefix: str = "s") -> Any:

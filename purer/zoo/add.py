@@ -24,13 +24,12 @@ from torch import Tensor
 
 from purer.errors import ZooError
 from purer.models import head_parameter_names, input_space_of, parameter_count
-from purer.rundir import atomic_save_tensors
+from purer.rundir import atomic_save_tensors, file_sha256
 from purer.zoo.load import build_model, check_state, dry_forward, zoo_dir
 from purer.zoo.manifest import (
     MANIFEST_NAME,
     Manifest,
     TeacherEntry,
-    file_sha256,
     load_manifest,
     save_manifest,
 )

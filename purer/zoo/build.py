@@ -23,13 +23,12 @@ from purer.config import ZooBuildOptions
 from purer.errors import ConfigError, ZooError
 from purer.models import create_model, is_known, parameter_count
 from purer.progress import console, progress
-from purer.rundir import FileLock, atomic_save_tensors, resolve_device
+from purer.rundir import FileLock, atomic_save_tensors, file_sha256, resolve_device
 from purer.types import SplitData
 from purer.zoo.manifest import (
     MANIFEST_NAME,
     Manifest,
     TeacherEntry,
-    file_sha256,
     load_manifest,
     save_manifest,
 )

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from purer.errors import PluginError, ZooError
 from purer.models import create_model, declared_input_size, head_parameter_names, is_known
+from purer.rundir import file_sha256
 from purer.types import Teacher, find_bn_layers
-from purer.zoo.manifest import Manifest, TeacherEntry, file_sha256, load_manifest, manifest_path
+from purer.zoo.manifest import Manifest, TeacherEntry, load_manifest, manifest_path
 
 log = logging.getLogger("purer.zoo")
 

@@ -10,7 +10,6 @@ to debug.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -180,10 +179,3 @@ def save_manifest(zoo: str | Path, manifest: Manifest) -> Path:
     atomic_write_text(path, manifest.model_dump_json(indent=2) + "\n")
     return path
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -13,9 +13,9 @@ import torch
 from purer_plugins.datasets import cifar_fs
 from safetensors.torch import load_file
 
-from purer.cli.main import main
 from purer.config import build_config, to_toml
 from purer.plugins import get_host
+from purer.testing import run_purer
 
 TINY_RUN = {
     "seed": 3, "data": {"name": "synthetic-shapes", "images_per_class": 60},
@@ -59,10 +59,7 @@ class Inputs:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_zoo) -> Inputs:
     made = Inputs(tmp_path_factory.mktemp("bad-inputs"), tiny_zoo)
-    try:
-        main(["run", "--config", str(made.config), "--name", "done", "--no-eval"])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
+    assert run_purer("run", "--config", made.config, "--name", "done", "--no-eval") == 0
     return made
 
 
@@ -136,11 +133,7 @@ def test_bad_input_is_one_error_line_with_status_2(inputs, line, expected, capsy
     args = [a.format(**vars(inputs)) for a in line.split(" ")]
     before = sorted(p.name for p in inputs.out.iterdir())
     run_files = {p: p.read_bytes() for p in inputs.run.rglob("*") if p.is_file()}
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    code = run_purer(*args)
     err = capsys.readouterr().err
     lines = [x for x in err.strip().splitlines() if x.strip()]
     errors = [x for x in lines if x.startswith("error:")]

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from purer import __version__
-from purer.cli.main import build_cli, cli, main
+from purer.cli.main import build_cli, cli
 from purer.config import preset_names
+from purer.testing import run_purer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,11 +37,7 @@ def invoke(*args: str) -> click.testing.Result:
 
 def run_main(args: list[str], capsys) -> tuple[int, str, str]:
     """``purer ARGS`` in-process through the real entry point (error handling included)."""
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    code = run_purer(*args)
     out, err = capsys.readouterr()
     return code, out, err
 

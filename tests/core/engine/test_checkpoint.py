@@ -12,18 +12,13 @@ from pathlib import Path
 import pytest
 from run_helpers import metrics, write_config
 
-from purer.cli.main import main
 from purer.engine.checkpoint import load_state
 from purer.errors import PurerError
+from purer.testing import run_purer
 
 
 def purer(capsys, *args) -> tuple[int, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    return run_purer(*args), capsys.readouterr().err
 
 
 def said(err: str) -> str:
@@ -36,10 +31,7 @@ def finished(tmp_path_factory, tiny_zoo) -> Path:
     """An 8-step run: checkpoints at steps 4 and 8 (both kept), best at 4 and 8."""
     folder = tmp_path_factory.mktemp("finished")
     config = write_config(folder, tiny_zoo, **{"train.steps": 8})
-    try:
-        main(["run", "--config", str(config), "--name", "r", "--no-eval"])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
+    assert run_purer("run", "--config", config, "--name", "r", "--no-eval") == 0
     return folder / "runs" / "r"
 
 

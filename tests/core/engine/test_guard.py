@@ -10,18 +10,13 @@ from purer_plugins.learners.maml import MAML
 from run_helpers import write_config
 
 import purer
-from purer.cli.main import main
 from purer.engine.checkpoint import load_state
 from purer.interfaces import InversionTerm
+from purer.testing import run_purer
 
 
 def purer_run(capsys, *args) -> tuple[int, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    return run_purer(*args), capsys.readouterr().err
 
 
 class PoisonedMAML(MAML):

@@ -10,18 +10,13 @@ from pathlib import Path
 import pytest
 from run_helpers import CHILD_ENV, PURER, metrics, write_config
 
-from purer.cli.main import main
 from purer.rundir import RunDir
+from purer.testing import run_purer
 
 
 def purer(capsys, *args: str) -> tuple[int, str]:
     """``purer ARGS`` in this process: (exit status, stderr)."""
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    return run_purer(*args), capsys.readouterr().err
 
 
 def error_line(err: str) -> str:

@@ -13,13 +13,12 @@ from purer.cli.main import main
 from purer.engine.checkpoint import load_state
 from purer.interfaces import InversionTerm
 from purer.pipeline.final import load_meta_learner
+from purer.testing import run_purer
 
 
 def run_cli(*args: str) -> None:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"purer {' '.join(args)} exited with {exc.code}"
+    code = run_purer(*args)
+    assert code == 0, f"purer {' '.join(args)} exited with {code}"
 
 
 def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo, capsys):

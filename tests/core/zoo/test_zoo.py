@@ -18,12 +18,13 @@ from purer.config import ZooBuildOptions
 from purer.errors import ConfigError, ZooError
 from purer.interfaces import DatasetReader
 from purer.models import create_model
+from purer.rundir import file_sha256
 from purer.testing import build_tiny_zoo, synthetic_split, tiny_meta_train, tiny_zoo  # noqa: F401
 from purer.types import InputSpace
 from purer.zoo import add_teacher, load_manifest, load_teachers, save_manifest
 from purer.zoo import build as build_mod
 from purer.zoo.build import _split_indices
-from purer.zoo.manifest import Manifest, file_sha256
+from purer.zoo.manifest import Manifest
 from purer.zoo.plan import make_plan
 from purer.zoo.train import TrainSettings, accuracy, augment_batch
 

@@ -17,9 +17,9 @@ from torch import nn
 from purer.engine.trainer import class_keys
 from purer.errors import ZooError
 from purer.models import create_model
+from purer.rundir import file_sha256
 from purer.testing import TINY_ARCH_KWARGS
 from purer.zoo import add_teacher, load_teachers
-from purer.zoo.manifest import file_sha256
 
 
 @pytest.fixture
