@@ -297,7 +297,7 @@ class ECITrainer:
                             pointer="best", info=self.best)
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",
-                   title="meta-val accuracy", ylabel="acc %")
+                   title="meta-val accuracy", ylabel="acc %", xlabel="outer step")
         return result.accuracy
 
     # ------------------------------------------------------------------ checkpoints
