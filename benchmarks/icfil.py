@@ -12,8 +12,14 @@ then means something); without it a freshly initialised one (the cost does
 not depend on the weights). ``--neighbour`` keeps one busy Python process
 running beside the measurement, as on a machine shared with another job.
 
+``--threads-study`` times the current defaults three ways instead, on two
+cores: the tasks of a batch on two worker threads of one intra-op thread
+each (``cpu_workers = auto`` with two torch threads), one task at a time on
+two intra-op threads (``cpu_workers = 1``), and one thread in all.
+
     python -m benchmarks icfil --run runs/quick --tasks 100
     python -m benchmarks icfil --threads 1 --neighbour
+    python -m benchmarks icfil --threads-study --neighbour --tasks 20
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ SMOKE = ["--config", options.TINY_CONFIG, "--repeats", "1"]
 OLD = ["calibrator.pseudo_per_class=4", "calibrator.synthesis_steps=30",
        "calibrator.bn_target=support", "calibrator.calib_steps=1", "calibrator.head_steps=100",
        "calibrator.batching=auto", "calibrator.cpu_workers=1"]
+
+# --threads-study: name -> (torch threads of the process, calibrator.cpu_workers)
+STUDY: dict[str, tuple[int, int]] = {"2 workers x 1 thread": (2, 2),
+                                     "1 worker x 2 threads": (2, 1), "1 thread": (1, 1)}
 
 BASE: dict[str, Any] = {"train": {"way": 5, "shot": 1}, "eval": {"tasks": 100, "query": 15},
                         "calibrator": {"name": "icfil"}}
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="a run directory: score its val-selected checkpoint")
     parser.add_argument("--neighbour", action="store_true",
                         help="keep one busy process running beside the measurement")
+    parser.add_argument("--threads-study", action="store_true",
+                        help="time the defaults on 2 workers x 1 thread, 1 x 2 and 1 x 1")
     args = parser.parse_args(argv)
     options.prepare(args)
     device = resolve_device("cpu" if args.device is None else args.device)
@@ -90,31 +102,46 @@ def main(argv: list[str] | None = None) -> None:
     e = config.eval
     split = read_split(config.data, e.split)
     tasks = make_task_list(split, config.train.way, config.train.shot, e.query, e.tasks, e.seed)
-    sections = {"new": config.calibrator, "old": options.run_config(
-        args, BASE, OLD).calibrator}
+    if args.threads_study:
+        names = list(STUDY)
+        sections = {name: options.run_config(args, BASE, [f"calibrator.cpu_workers={workers}"])
+                    .calibrator for name, (_, workers) in STUDY.items()}
+        threads = {name: count for name, (count, _) in STUDY.items()}
+    else:
+        names = ["new", "old"]
+        sections = {"new": config.calibrator, "old": options.run_config(args, BASE, OLD).calibrator}
+        threads = {name: torch.get_num_threads() for name in names}
 
     def run(name: str) -> EvalResult:
         calibrator = build_calibrator(sections[name], config.inversion)  # fresh noise streams
-        return evaluate(learner, tasks, split, device, calibrator, e.batch_tasks,
-                        description=f"icfil {name}")
+        caller = torch.get_num_threads()
+        torch.set_num_threads(threads[name])
+        try:
+            return evaluate(learner, tasks, split, device, calibrator, e.batch_tasks,
+                            description=f"icfil {name}")
+        finally:
+            torch.set_num_threads(caller)
+            if getattr(calibrator, "pool", None) is not None:
+                calibrator.pool.close()
 
     with neighbour(args.neighbour):
-        seconds, results = timing.alternate({"new": lambda i: run("new"),
-                                             "old": lambda i: run("old")},
-                                            args.repeats, args.warmup)
+        seconds, results = timing.alternate({name: (lambda i, name=name: run(name))
+                                             for name in names}, args.repeats, args.warmup)
     row: dict[str, Any] = {"benchmark": "icfil", "meta_model": what, "dataset": config.data.name,
                            "split": e.split, "tasks": len(tasks), "way": config.train.way,
                            "shot": config.train.shot, "neighbour": args.neighbour,
                            **timing.machine(device)}
-    for name in ("new", "old"):
+    for name in names:
         last = results[name][-1]
         summary = timing.summary(seconds[name])
         row[name] = {**summary, "seconds_per_task": summary["median_s"] / len(tasks),
                      "accuracy": round(last.accuracy, 2), "ci95": round(last.ci95, 2),
-                     "options": sections[name].model_dump()}
-    ratios = [o / n for o, n in zip(seconds["old"], seconds["new"])]
-    row["median_ratio_old_over_new"] = round(statistics.median(ratios), 3)
-    for name in ("old", "new"):
+                     "torch_threads": threads[name], "options": sections[name].model_dump()}
+    first = names[0]
+    for name in names[1:]:
+        ratios = [o / n for o, n in zip(seconds[name], seconds[first])]
+        row[f"median_ratio_{name}_over_{first}"] = round(statistics.median(ratios), 3)
+    for name in names:
         r = row[name]
         print(f"{name}: {r['seconds_per_task']:.4f} s per task (median of {r['runs']}), "
               f"accuracy {r['accuracy']:.2f} ± {r['ci95']:.2f} %", file=sys.stderr)

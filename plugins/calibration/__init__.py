@@ -17,10 +17,11 @@ from purer.api import Options, Workers, hookimpl
 
 class ICFILOptions(Options):
     pseudo_per_class: int = Field(4, ge=1, description="pseudo images synthesised per class")
-    synthesis_steps: int = Field(30, ge=0, description="Adam steps on the pseudo images")
+    synthesis_steps: int = Field(5, ge=0, description="Adam steps on the pseudo images "
+                                 "(5: chosen on meta-val, docs/evaluation.md)")
     synthesis_lr: float = Field(0.1, gt=0, description="Adam lr of the pseudo images (init N(0,1))")
     bn_target: Literal["support", "none"] = Field(
-        "support", description="stand-in for Eq. 4's running statistics: the real support "
+        "none", description="stand-in for Eq. 4's running statistics: the real support "
         "batch's per-layer feature mean/var, or no BN targets (the bn term is then zero)")
     jitter: int = Field(2, ge=0, description="random circular shift (px) inside the inversion loss")
     temperature: float = Field(0.1, gt=0, description="Eq. 7 temperature")
