@@ -231,7 +231,8 @@ class ECITrainer:
         # steps: the count since the start says what metrics.jsonl holds.
         self.switched += bool(r["switch"])
         switch = "[red]on[/]" if r["switch"] else "off"
-        fired = f" (fired on {self.switched} steps since launch)" if self.switched else ""
+        plural = "s" if self.switched > 1 else ""
+        fired = f" (fired on {self.switched} step{plural} since launch)" if self.switched else ""
         val = f" val {r['val_accuracy']:.1f}%" if "val_accuracy" in r else ""
         return (f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% "
                 f"switch {switch}{fired}{val}")

@@ -34,7 +34,7 @@ def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo, capsys):
     assert any(r["switch"] for r in rows)  # start=2: fires at step 3 (reference rule)
     fired = sum(r["switch"] for r in rows)  # the last progress line counts them all
     last = [line for line in log.splitlines() if line.startswith("meta-train: 12/12")][-1]
-    assert f"fired on {fired} steps" in last and "elapsed" in last
+    assert f"fired on {fired} step" in last and "elapsed" in last
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 12
     state, info = load_state(run / "checkpoints", "best")
     assert info["step"] in (4, 8, 12)
