@@ -4,9 +4,9 @@ Both variants score the same seeded task list (5-way 1-shot, 15 queries, the
 ``eval.split`` of ``[data]``), alternating run by run in one process, so a
 shared machine's drift hits both alike; the report gives each variant's
 median seconds per task, its accuracy ± ci95, and the median of the per-pair
-ratios. ``old`` is ICFIL as it shipped before the speed work (30 synthesis
-steps with the support-statistics BN term, the tasks of a batch one after
-the other on all intra-op threads); ``new`` is the current defaults. With
+ratios. ``old`` is ICFIL as it shipped before the speed work (4 pseudo
+images per class, 30 synthesis steps with the support-statistics BN term,
+the tasks of a batch one after the other on all intra-op threads); ``new`` is the current defaults. With
 ``--run DIR`` the meta-model is the run's val-selected checkpoint (accuracy
 then means something); without it a freshly initialised one (the cost does
 not depend on the weights). ``--neighbour`` keeps one busy Python process

@@ -16,7 +16,8 @@ from purer.api import Options, Workers, hookimpl
 
 
 class ICFILOptions(Options):
-    pseudo_per_class: int = Field(4, ge=1, description="pseudo images synthesised per class")
+    pseudo_per_class: int = Field(2, ge=1, description="pseudo images synthesised per class "
+                                  "(2: chosen on meta-val, docs/evaluation.md)")
     synthesis_steps: int = Field(5, ge=0, description="Adam steps on the pseudo images "
                                  "(5: chosen on meta-val, docs/evaluation.md)")
     synthesis_lr: float = Field(0.1, gt=0, description="Adam lr of the pseudo images (init N(0,1))")
