@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         row[name] = {**summary, "seconds_per_task": summary["median_s"] / len(tasks),
                      "accuracy": round(last.accuracy, 2), "ci95": round(last.ci95, 2),
                      "torch_threads": threads[name], "options": sections[name].model_dump()}
+        row[f"{name.replace(' ', '_')}_per_task_s"] = round(row[name]["seconds_per_task"], 4)
     first = names[0]
     for name in names[1:]:
         ratios = [o / n for o, n in zip(seconds[name], seconds[first])]
