@@ -14,8 +14,9 @@ running beside the measurement, as on a machine shared with another job.
 
 ``--threads-study`` times the current defaults three ways instead, on two
 cores: the tasks of a batch on two worker threads of one intra-op thread
-each (``cpu_workers = auto`` with two torch threads), one task at a time on
-two intra-op threads (``cpu_workers = 1``), and one thread in all.
+each (``threads = 2``, ``cpu_workers = 2``), one task at a time on two
+intra-op threads (``threads = "all"``), and one thread in all (``threads =
+1``, the default).
 
     python -m benchmarks icfil --run runs/quick --tasks 100
     python -m benchmarks icfil --threads 1 --neighbour
@@ -46,11 +47,12 @@ SMOKE = ["--config", options.TINY_CONFIG, "--repeats", "1"]
 # ICFIL's options before the speed work (the "today's code").
 OLD = ["calibrator.pseudo_per_class=4", "calibrator.synthesis_steps=30",
        "calibrator.bn_target=support", "calibrator.calib_steps=1", "calibrator.head_steps=100",
-       "calibrator.batching=auto", "calibrator.cpu_workers=1"]
+       "calibrator.batching=auto", "calibrator.cpu_workers=1", "calibrator.threads=all"]
 
-# --threads-study: name -> (torch threads of the process, calibrator.cpu_workers)
-STUDY: dict[str, tuple[int, int]] = {"2 workers x 1 thread": (2, 2),
-                                     "1 worker x 2 threads": (2, 1), "1 thread": (1, 1)}
+# --threads-study: name -> (calibrator.threads, calibrator.cpu_workers), the process
+# keeping its own thread count (two on a 2-core machine)
+STUDY: dict[str, tuple[str, int]] = {"2 workers x 1 thread": ("2", 2),
+                                     "1 worker x 2 threads": ("all", 1), "1 thread": ("1", 1)}
 
 BASE: dict[str, Any] = {"train": {"way": 5, "shot": 1}, "eval": {"tasks": 100, "query": 15},
                         "calibrator": {"name": "icfil"}}
@@ -104,9 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks = make_task_list(split, config.train.way, config.train.shot, e.query, e.tasks, e.seed)
     if args.threads_study:
         names = list(STUDY)
-        sections = {name: options.run_config(args, BASE, [f"calibrator.cpu_workers={workers}"])
-                    .calibrator for name, (_, workers) in STUDY.items()}
-        threads = {name: count for name, (count, _) in STUDY.items()}
+        sections = {name: options.run_config(args, BASE, [f"calibrator.threads={count}",
+                                                          f"calibrator.cpu_workers={workers}"])
+                    .calibrator for name, (count, workers) in STUDY.items()}
+        threads = {name: torch.get_num_threads() for name in names}
     else:
         names = ["new", "old"]
         sections = {"new": config.calibrator, "old": options.run_config(args, BASE, OLD).calibrator}

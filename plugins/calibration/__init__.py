@@ -38,9 +38,14 @@ class ICFILOptions(Options):
         "ProtoNet's prototypes recomputed in the calibrated embedding)")
     batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="tasks together (vmap) or one by one; auto: loop on CPU, vmap else")
+    threads: int | Literal["all"] = Field(
+        1, description="intra-op threads while a batch of tasks is adapted and calibrated; "
+        "all: the process's (2 threads stalled when another job shared the cores, "
+        "docs/evaluation.md)")
     cpu_workers: Workers = Field(
-        "auto", description="on CPU with batching loop: threads the tasks of a batch are spread "
-        "over, one intra-op thread each; auto: one per torch thread (at most 4)")
+        1, description="on CPU with batching loop: threads the tasks of a batch are spread "
+        "over, each with threads // cpu_workers intra-op threads; auto: one per torch thread "
+        "(at most 4)")
     channels_last: bool = Field(False, description="NHWC images and weights")
     seed: int = Field(0, description="seed of the pseudo-image noise, jitter and head init")
 

@@ -41,11 +41,13 @@ the network over all tasks under ``torch.func.vmap``; ``"loop"`` runs steps
 become grouped convolutions, slower than the loop). The new heads of
 step 3 are always trained for all tasks at once (``baddbmm``).
 
-On the loop path the tasks of a batch are spread over ``cpu_workers``
-threads with one intra-op thread each (``purer.api.WorkerPool``): a task's
-ops (a Conv4 over 5-20 small images) are too small to split over cores, and
-independent tasks keep each core busy without the cores waiting on each
-other, which matters most when another process takes one of them. Every
+Threads. While a batch of tasks is adapted and calibrated, the evaluating
+thread runs ``threads`` intra-op threads (default 1: a task's ops, a Conv4
+over 5-80 small images, are too small to split over cores, and two
+OpenMP threads stall each other when another process takes one of the
+cores). On the loop path the tasks of a batch can also be spread over
+``cpu_workers`` threads (``purer.api.WorkerPool``), each with
+``threads // cpu_workers`` (at least one) intra-op threads. Every
 worker runs its own copy of the learner's module tree (same tensors), since
 a functional call edits the module it runs through. Each task draws its
 noise and jitter from its own generator, seeded by ``seed`` and the task's
@@ -94,6 +96,9 @@ class ICFIL(Calibrator):
         self.replicas: dict[int, list[MetaLearner]] = {}  # id(learner) -> one per worker
 
     # ----------------------------------------------------------------- API
+    def threads(self) -> int | None:
+        return None if self.options.threads == "all" else self.options.threads
+
     def predict(self, learner: MetaLearner, params: Params, support: Tensor,
                 support_labels: Tensor, query: Tensor) -> Tensor:
         stacked = {k: v.unsqueeze(0) for k, v in params.items()}
@@ -131,8 +136,11 @@ class ICFIL(Calibrator):
     def _replicas(self, learner: MetaLearner, like: Tensor) -> list[MetaLearner]:
         """One copy of ``learner`` per worker thread (its module tree copied,
         sharing the tensors), or none when the tasks run on this thread."""
-        if self.pool is None:
-            self.pool = WorkerPool(resolve_workers(self.options.cpu_workers, like.device))
+        if self.pool is None:  # auto counts the process's threads, not the evaluator's limit
+            workers = self.options.cpu_workers
+            if workers == "auto" and self.options.threads != "all":
+                workers = self.options.threads
+            self.pool = WorkerPool(resolve_workers(workers, like.device))
         if self.pool.workers == 1 or has_module_hooks(learner.model):
             return []
         if id(learner) not in self.replicas:
