@@ -103,6 +103,14 @@ class InversionTerm(Component):
     @abstractmethod
     def __call__(self, ctx: InversionContext) -> Tensor: ...
 
+    def applies_to(self, teacher: Teacher | None) -> bool:
+        """Whether this term is part of the loss for ``teacher`` (``None``:
+        the adapted meta-model during ICFIL). Where it is not, the loss
+        counts it as zero without calling it. Default: every model; a prior
+        meant for some teachers only (e.g. those without BN) says so here,
+        and the zoo loader's notice lists the terms each teacher gets."""
+        return True
+
 
 class Inverter(Component):
     """Owns the learnable pseudo data ("dynamic dataset") and updates it.
@@ -142,6 +150,16 @@ class Inverter(Component):
         :meth:`step` capturable (e.g. ``capturable=True`` optimisers), or
         raise ``ConfigError`` if it cannot be."""
         raise ConfigError(f"inverter {self.name or type(self).__name__} does not support train.cuda_graph")
+
+    def shard(self, owned: Sequence[int]) -> None:
+        """Called once after :meth:`setup` in a run across processes: keep
+        only the teachers at indices ``owned`` (of those given to setup).
+        Afterwards :meth:`step` steps, and :meth:`bank`, :meth:`teacher_images`
+        and the state dicts cover, these teachers alone (in that order),
+        while :meth:`draw` still takes the draws of every teacher, so that
+        all ranks consume the run's random stream alike. An inverter that
+        cannot keep this default: every rank then steps all teachers."""
+        raise ConfigError(f"inverter {self.name or type(self).__name__} cannot be sharded")
 
     @abstractmethod
     def teacher_images(self) -> list[Tensor]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from purer.interfaces import InversionContext, InversionTerm
+    from purer.types import Teacher
 
 
 class InversionLoss:
@@ -36,9 +37,14 @@ class InversionLoss:
         tensor in the order of :attr:`names`) for logging."""
         import torch
 
-        values = [term(ctx) for _, term, _ in self.terms]
+        values = [term(ctx) if term.applies_to(ctx.teacher)
+                  else ctx.logits.new_zeros((), dtype=torch.float32) for _, term, _ in self.terms]
         loss = sum(weight * value for (_, _, weight), value in zip(self.terms, values))
         return loss, torch.stack([v.float() for v in values]).detach()
+
+    def names_for(self, teacher: Teacher | None) -> list[str]:
+        """The terms that apply to ``teacher`` (see ``InversionTerm.applies_to``)."""
+        return [name for name, term, _ in self.terms if term.applies_to(teacher)]
 
     def term(self, name: str) -> InversionTerm:
         for own, term, _ in self.terms:

@@ -69,6 +69,8 @@ class _PlainProgress:
         task["fields"].update(fields)
         done = task["total"] is not None and task["completed"] >= task["total"]
         now = self.now()
+        if console.quiet:  # e.g. a rank other than 0 of a run across processes
+            return
         if done or task["last"] is None or now - task["last"] >= self.every_s:
             task["last"] = now
             print(self.line(task, now), file=self.stream or sys.stderr, flush=True)

@@ -64,6 +64,8 @@ class DeepInversion(Inverter):
     def setup(self, teachers: Sequence[Teacher], images_per_class: int, device: torch.device,
               generator: torch.Generator, inversion: InversionLoss) -> None:
         self.teachers = list(teachers)
+        self.drawn = [t.space.size for t in self.teachers]  # draw() covers all, sharded or not
+        self.owned = list(range(len(self.teachers)))
         self.per_class = images_per_class
         self.device = device
         self.generator = generator
@@ -90,9 +92,25 @@ class DeepInversion(Inverter):
                                    example=torch.randn(2, 3, t.space.size, t.space.size, generator=check)
                                    .to(device), shared=shared)
                       for t in self.teachers]
+        self._arrange()
+
+    def _arrange(self) -> None:
+        """Groups and worker threads of the teachers this inverter steps."""
         batch = self.options.batch_teachers
-        self.groups = self._group_teachers(batch == "on" or (batch == "auto" and device.type == "cuda"))
-        self.pool, self.worker_views = self._workers(device)
+        self.groups = self._group_teachers(batch == "on" or (batch == "auto" and self.device.type == "cuda"))
+        self.pool, self.worker_views = self._workers(self.device)
+
+    def shard(self, owned: Sequence[int]) -> None:
+        """Keep the memory, optimiser and views of the teachers ``owned``
+        alone (a distributed run's share); :meth:`draw` still draws for all."""
+        self.owned = list(owned)
+        self.teachers = [self.teachers[k] for k in self.owned]
+        self.memory = [self.memory[k] for k in self.owned]
+        self.targets = [self.targets[k] for k in self.owned]
+        self.views = [self.views[k] for k in self.owned]
+        self.class_ids = torch.tensor([c for t in self.teachers for c in t.class_ids], device=self.device)
+        self.optimizer = torch.optim.Adam(self.memory, lr=self.options.lr, betas=self.options.betas)
+        self._arrange()
 
     def _workers(self, device: torch.device) -> tuple[WorkerPool, list[list]]:
         """The thread pool of :meth:`step` and each worker's own teacher views
@@ -141,7 +159,8 @@ class DeepInversion(Inverter):
     def _pixels(self, draws: dict[str, Tensor] | None) -> tuple[Tensor, ...]:
         """Each teacher's jitter indices (drawn now when not given)."""
         draws = draws or {k: v.to(self.device) for k, v in self.draw().items()}
-        return draws["pixels"].split([t.space.size ** 2 for t in self.teachers])
+        pixels = draws["pixels"].split([size ** 2 for size in self.drawn])
+        return tuple(pixels[k] for k in self.owned)
 
     def _group_losses(self, group: _Group, pixels: Sequence[Tensor], views: Sequence[Callable]
                       ) -> tuple[Tensor, Tensor]:
@@ -254,11 +273,10 @@ class DeepInversion(Inverter):
         (one gather instead of a row and a column one: half the cost, same
         result), all teachers' concatenated."""
         j = self.options.jitter
-        draws = (torch.randint(-j, j + 1, (len(self.teachers), 2), generator=self.generator)
-                 if j else torch.zeros(len(self.teachers), 2, dtype=torch.long))
+        draws = (torch.randint(-j, j + 1, (len(self.drawn), 2), generator=self.generator)
+                 if j else torch.zeros(len(self.drawn), 2, dtype=torch.long))
         out = []
-        for teacher, (dy, dx) in zip(self.teachers, draws):
-            size = teacher.space.size
+        for size, (dy, dx) in zip(self.drawn, draws):
             line = torch.arange(size)
             rows, cols = (line - dy) % size, (line - dx) % size
             out.append((rows.view(-1, 1) * size + cols.view(1, -1)).reshape(-1))

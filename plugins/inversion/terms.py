@@ -1,4 +1,5 @@
-"""The inversion terms of Eq. 2-4: cross-entropy, total variation, l2, BN statistics.
+"""The inversion terms of Eq. 2-4: cross-entropy, total variation, l2, BN
+statistics; and ``input-stats``, a prior for teachers without BN.
 
 Each works on any model's pass (a teacher during meta-training, the adapted
 meta-model in ICFIL) and under ``torch.func.vmap``.
@@ -11,7 +12,14 @@ import torch.nn.functional as F
 from purer_plugins.inversion import BNStatisticsOptions
 from torch import Tensor
 
-from purer.api import InversionContext, InversionTerm, bn_statistics, l2_prior, total_variation
+from purer.api import (
+    InversionContext,
+    InversionTerm,
+    Teacher,
+    bn_statistics,
+    l2_prior,
+    total_variation,
+)
 
 
 class CrossEntropyTerm(InversionTerm):
@@ -43,7 +51,36 @@ class BNStatisticsTerm(InversionTerm):
 
     Options = BNStatisticsOptions
 
+    def applies_to(self, teacher: Teacher | None) -> bool:
+        return teacher is None or teacher.has_bn
+
     def __call__(self, ctx: InversionContext) -> Tensor:
         if not ctx.bn_stats:
             return ctx.logits.new_zeros((), dtype=torch.float32)
         return bn_statistics(ctx.bn_stats, self.options.first_multiplier)
+
+
+class InputStatisticsTerm(InversionTerm):
+    """Input statistics of natural images, for teachers without BN.
+
+    Without BN layers a teacher's images come from cross-entropy, TV and l2
+    alone. A teacher's input normalisation is fitted to its training data, so in
+    its normalised space real images have per-channel mean 0 and variance 1;
+    this term pulls the pseudo images' per-channel moments there (the BN
+    term's form, at the input instead of a hidden layer), and the same for
+    the variance of 2x2 patch means towards 1 as well (neighbouring pixels
+    of natural images are strongly correlated, so averaging them keeps most
+    of the variance; noise loses three quarters of it). BN teachers have better targets
+    in their running statistics and do not get it.
+    """
+
+    def applies_to(self, teacher: Teacher | None) -> bool:
+        return teacher is not None and not teacher.has_bn
+
+    def __call__(self, ctx: InversionContext) -> Tensor:
+        x = ctx.images.float()
+        loss = x.new_zeros(())
+        for level in (x, F.avg_pool2d(x, 2)):
+            var, mean = torch.var_mean(level, dim=(0, 2, 3), correction=0)
+            loss = loss + torch.linalg.vector_norm(mean) + torch.linalg.vector_norm(var - 1.0)
+        return loss

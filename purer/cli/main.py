@@ -52,17 +52,30 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _rank() -> str:
+    """``rank R: `` in a process of a multi-process run (its errors say which)."""
+    import os
+
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> None:
+    from purer.cli.launch import ARGS
+
+    ARGS[:] = sys.argv[1:] if argv is None else argv  # --nproc starts this command again
     tune_allocator()
     quiet_warnings()
     try:
         build_cli().main(args=argv, prog_name="purer", standalone_mode=False)
     except PurerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from purer.cli.launch import record_failure
+
+        record_failure(exc)
+        click.echo(f"error: {_rank()}{exc}", err=True)
         sys.exit(2)
     except OSError as exc:  # the machine's fault (full disk, permissions), not a bug: one line
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        click.echo(f"error: {_rank()}{where}{exc.strerror or exc}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -69,9 +69,19 @@ def register(cli: click.Group) -> None:
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
     @click.option("--out", type=click.Path(file_okay=False),
                   help="Zoo folder.  [default: zoos/<data>-<scenario>]")
+    @click.option("--nproc", type=click.IntRange(min=1), default=None,
+                  help="Train on N processes of this machine (docs/distributed.md).")
     def build(data: str, root: str | None, archs: tuple[str, ...], arch_kwargs: str | None,
-              extra_data: tuple[str, ...], device: str, out: str | None, **given: Any) -> None:
+              extra_data: tuple[str, ...], device: str, out: str | None, nproc: int | None,
+              **given: Any) -> None:
         """Train a zoo of teachers (method.md §1); an interrupted build resumes."""
+        from purer.distributed import launched
+
+        if nproc is not None and nproc > 1 and not launched():
+            from purer.cli.launch import ARGS, relaunch
+
+            relaunch(nproc, ARGS)
+            return
         from purer.config import ZooBuildOptions
         from purer.zoo.build import build_zoo
 
@@ -88,8 +98,19 @@ def register(cli: click.Group) -> None:
             err = exc.errors()[0]
             raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
         target = Path(out or f"zoos/{data}-{options.scenario}")
-        manifest = build_zoo(options, data, root, target, device)
-        click.echo(f"{target}: {len(manifest.teachers)} teachers")
+        from purer.distributed import finish_world, init_world
+        from purer.progress import console
+
+        world = init_world(device)  # several processes under torchrun (docs/distributed.md)
+        world.check_same("the zoo build", f"{options.model_dump_json()} {data} {root} {target}")
+        if not world.is_main:
+            console.quiet = True
+        try:
+            manifest = build_zoo(options, data, root, target, device, world=world)
+        finally:
+            finish_world()
+        if world.is_main:
+            click.echo(f"{target}: {len(manifest.teachers)} teachers")
 
     @zoo.command("add")
     @click.argument("zoo_path", metavar="ZOO", type=click.Path(file_okay=False))

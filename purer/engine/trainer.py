@@ -14,6 +14,13 @@ its bookkeeping (metrics line, validation, checkpoint, pictures), its state
 is saved, and only then ``KeyboardInterrupt`` is raised. So the saved state
 is always a completed step's, and a resumed run replays the uninterrupted
 one (docs/engine.md, "Interruption and resume guarantees").
+
+On several processes (``world``, docs/distributed.md) every rank draws the
+same random numbers, steps the memory of its own teachers, builds episodes
+from the bank gathered from all ranks, and meta-trains on its share of the
+episode batch with the meta-gradients summed over the ranks; every decision
+that steers the loop (switch, validation, checkpoints, interrupts) is taken
+from values equal on all ranks, so their collectives stay in step.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from purer.config import RunConfig
 from purer.data.episodes import make_task_list
+from purer.distributed import World, balance, forward_cost
 from purer.engine import checkpoint as ckpt
 from purer.engine.cuda_graph import GraphedStep
 from purer.engine.pseudo_episodes import (
@@ -45,7 +54,7 @@ from purer.interfaces import Curriculum, Inverter, MetaLearner
 from purer.pictures import save_curve, save_grid
 from purer.progress import console, progress
 from purer.rundir import RunDir
-from purer.types import EpisodeBatch, InputSpace, SplitData, Teacher
+from purer.types import ClassBank, EpisodeBatch, InputSpace, SplitData, Teacher
 
 
 def class_keys(teachers: list[Teacher]) -> torch.Tensor:
@@ -71,16 +80,61 @@ def _part(draws: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
     return {k[len(prefix) + 1:]: v for k, v in draws.items() if k.startswith(prefix + ".")}
 
 
+def _to_cpu(state: Any) -> Any:
+    """A nested state with its tensors on the CPU (to pass between ranks)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_cpu(v) for v in state)
+    return state
+
+
+@contextmanager
+def _summed_gradients(world: World) -> Iterator[list[bool]]:
+    """While the meta-learner takes its outer step: before any optimiser
+    steps, its gradients become their sums over the ranks (each rank
+    differentiated its own share of the episode batch; the outer loss is a
+    sum over episodes). Not DDP: DDP does not synchronise the double
+    backward of second-order MAML. Yields a flag list that is non-empty
+    when an optimiser stepped."""
+    fired: list[bool] = []
+
+    def reduce(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        flat = torch.cat([*(torch.zeros(p.numel(), device=p.device, dtype=p.dtype) if p.grad is None
+                            else p.grad.detach().reshape(-1) for p in params),
+                          torch.tensor([p.grad is not None for p in params], dtype=params[0].dtype,
+                                       device=params[0].device)])
+        flat = world.all_reduce_sum(flat)
+        offset = 0
+        for p, has in zip(params, flat[-len(params):].tolist()):
+            part = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if has:  # a parameter no rank reached keeps no gradient, as in one process
+                p.grad = part.clone()
+        fired.append(True)
+
+    handle = register_optimizer_step_pre_hook(reduce)
+    try:
+        yield fired
+    finally:
+        handle.remove()
+
+
 class ECITrainer:
     """Meta-trains a meta-model on pseudo episodes inverted from a teacher zoo."""
 
     def __init__(self, config: RunConfig, run: RunDir | None, device: torch.device,
                  teachers: list[Teacher], meta: MetaLearner, inverter: Inverter,
                  curriculum: Curriculum, space: InputSpace, val_split: SplitData | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, world: World | None = None) -> None:
         """Wire up ready components (``purer.pipeline.build_trainer`` builds
-        them from a config)."""
+        them from a config). ``world``: the processes that share this run
+        (docs/distributed.md); rank 0 alone writes to ``run``."""
         self.config, self.run, self.device = config, run, device
+        self.world = world if world is not None else World()
         self.teachers, self.meta, self.inverter, self.curriculum = teachers, meta, inverter, curriculum
         self.space, self.val_split = space, val_split
         self.generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
@@ -92,6 +146,41 @@ class ECITrainer:
         self.graphed = self._graphed_step(config.train.cuda_graph)
         self.interrupted = False  # a Ctrl-C arrived; stop after the step in progress
         self._running = 0  # the step in progress
+        self.sharded = False  # the inverter steps this rank's teachers alone
+        self.own = list(range(len(teachers)))  # the teachers this rank's inverter holds
+        if self.world.distributed:
+            self._distribute()
+
+    def _distribute(self) -> None:
+        """Share the teachers out between the ranks by forward cost (so a
+        ResNet-18 weighs more than a Conv4), when the inverter can be sharded."""
+        size, train = self.world.size, self.config.train
+        if train.episode_batch < size:
+            raise ConfigError(f"train.episode_batch={train.episode_batch}: a run on {size} processes "
+                              f"splits the episode batch, it needs at least {size} episodes")
+        if self.graphed is not None:
+            raise ConfigError("train.cuda_graph: not available in a run across processes; set it "
+                              "to false")
+        if len(self.teachers) < size:
+            return  # too few teachers to give each rank one: every rank steps all
+        costs = [forward_cost(t.model, t.space.size) * t.num_classes for t in self.teachers]
+        self.layout = balance(costs, size)
+        try:
+            self.inverter.shard(self.layout[self.world.rank])
+        except ConfigError:
+            return
+        self.sharded, self.own = True, self.layout[self.world.rank]
+        # rows of the gathered bank (rank after rank, each rank's teachers in
+        # order) -> the bank of one process (teacher after teacher)
+        start = [0]
+        for t in self.teachers:
+            start.append(start[-1] + t.num_classes)
+        gathered = [row for r in range(size) for k in self.layout[r]
+                    for row in range(start[k], start[k + 1])]
+        position = {row: i for i, row in enumerate(gathered)}
+        self._order = torch.tensor([position[row] for row in range(start[-1])], device=self.device)
+        self._rows = [sum(self.teachers[k].num_classes for k in own) for own in self.layout]
+        self._class_ids = torch.tensor([c for t in self.teachers for c in t.class_ids], device=self.device)
 
     def _val_task_list(self, split: SplitData):
         t = self.config.train
@@ -120,9 +209,18 @@ class ECITrainer:
         return GraphedStep(self.device_step, self.device)
 
     # ------------------------------------------------------------------ Alg. 1
+    def bank(self, *, detach: bool) -> ClassBank:
+        """The pseudo images of all teachers; in a sharded run gathered from
+        the ranks that own them (differentiably unless ``detach``)."""
+        local = self.inverter.bank(self.space, detach=detach)
+        if not self.sharded:
+            return local
+        images = torch.cat(self.world.gather_rows(local.images, self._rows)).index_select(0, self._order)
+        return ClassBank(images, self._class_ids)
+
     def sample(self, count: int, *, detach: bool) -> EpisodeBatch:
         t = self.config.train
-        bank = self.inverter.bank(self.space, detach=detach)
+        bank = self.bank(detach=detach)
         return sample_pseudo_episodes(bank, self.owners, t.way, t.shot, t.query, count, self.generator)
 
     def outer_step(self, step: int) -> dict[str, Any]:
@@ -150,6 +248,8 @@ class ECITrainer:
 
     def device_step(self, scale: float, draws: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Alg. 1's body on drawn indices (on the device); no host sync inside."""
+        if self.world.distributed:
+            return self._distributed_step(scale, draws)
         shot = self.config.train.shot
         reversed_loss = None
         if scale:  # Gradient switch (Eq. 5): the memory also maximises the outer loss (Eq. 6).
@@ -165,6 +265,41 @@ class ECITrainer:
         return {**{f"inv_{k}": v for k, v in inversion.items()},
                 "outer_loss": outer.loss, "train_accuracy": outer.accuracy}
 
+    def _distributed_step(self, scale: float, draws: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """:meth:`device_step` on one rank of several: the same draws on every
+        rank; the bank gathered from the teachers' owners; this rank's share
+        of the episode batch; sums over the ranks of the gradients and numbers."""
+        shot, world = self.config.train.shot, self.world
+        reversed_loss = None
+        if scale:
+            bank = self.bank(detach=False)
+            if world.is_main or not self.sharded:
+                hard = build_episodes(bank, EpisodeDraw.from_tensors(_part(draws, "hard")), shot)
+                reversed_loss = -scale * self.meta.outer_loss(hard, create_graph=True)[0]
+            else:  # rank 0 computes the reversed loss; the others pass its gradient on to their memory
+                reversed_loss = bank.images.sum() * 0.0
+        inversion = self.inverter.step(reversed_loss, _part(draws, "inverter"))
+        start, stop = world.split(self.config.train.episode_batch)
+        mine = {k: v[start:stop] for k, v in _part(draws, "batch").items()}
+        batch = build_episodes(self.bank(detach=True), EpisodeDraw.from_tensors(mine), shot)
+        with _summed_gradients(world) as fired:
+            outer = self.meta.meta_step(batch)
+        if not fired:  # a learner without an optimiser (e.g. Reptile) moved its weights itself
+            with torch.no_grad():
+                for p in self.meta.model.parameters():
+                    p.copy_(world.all_reduce_sum(p) / world.size)
+        names = [f"inv_{k}" for k in inversion]
+        local = [torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in inversion.values()]
+        if not self.sharded:  # every rank inverted all teachers: the same numbers everywhere
+            local = [v / world.size for v in local]
+        count = stop - start
+        local += [torch.as_tensor(outer.loss, dtype=torch.float64, device=self.device),
+                  torch.as_tensor(outer.accuracy, dtype=torch.float64, device=self.device) * count]
+        total = world.all_reduce_sum(torch.stack([v.detach().reshape(()) for v in local]))
+        numbers = dict(zip(names, total[: len(names)].unbind()))
+        return {**numbers, "outer_loss": total[-2],
+                "train_accuracy": total[-1] / self.config.train.episode_batch}
+
     def _draw_episodes(self, count: int) -> EpisodeDraw:
         t = self.config.train
         return draw_episodes(self.owners, t.way, t.shot, t.query, count, t.shot + t.query, self.generator)
@@ -176,7 +311,7 @@ class ECITrainer:
         Raises ``KeyboardInterrupt`` after a Ctrl-C, once the step it landed
         in is complete and saved (see the module docstring).
         """
-        train = self.config.train
+        train, main = self.config.train, self.world.is_main
         self.switched = 0  # steps the gradient switch fired on (for the progress lines)
         with progress() as bar, self._deferred_interrupts():
             task = bar.add_task("meta-train", total=train.steps, completed=self.step, status="")
@@ -189,14 +324,16 @@ class ECITrainer:
                 self.step = step
                 if step % train.val_every == 0 or step == train.steps:
                     record["val_accuracy"] = self.validate(step)
-                self.run.log(record)
+                if main:
+                    self.run.log(record)
                 if step % train.checkpoint_every == 0 or step == train.steps:
                     self.save()
                 if step % train.image_every == 0 or step == train.steps:
                     self.save_pictures(step)
                 bar.update(task, completed=step, status=self._status(record))
-                if self.interrupted:
-                    if self.last_saved() != step:
+                if self.world.any(self.interrupted):  # every rank stops after the same step
+                    self.interrupted = True
+                    if self.world.broadcast_object(self.last_saved() if main else None) != step:
                         self.save()
                     raise KeyboardInterrupt
         return self.best
@@ -256,6 +393,13 @@ class ECITrainer:
         # each of the meta-model's tensors
         read = torch.stack([x.detach().abs().amax().float()
                             for x in [*images, *tensors.values()]]).tolist()
+        if self.sharded:  # every rank judges every teacher's memory alike
+            maxima = [0.0] * len(self.teachers)
+            for own, values in self.world.gather_objects((self.own, read[:len(images)])):
+                for k, value in zip(own, values):
+                    maxima[k] = value
+            read = maxima + read[len(images):]
+            images = maxima
         for teacher, value in zip(self.teachers, read):
             if not value < self.config.train.max_memory_abs:
                 self._diverged(step, f"memory |max| of teacher '{teacher.name}'", value)
@@ -266,10 +410,11 @@ class ECITrainer:
     @torch.no_grad()
     def _culprit_teacher(self) -> str | None:
         """The teacher whose memory, or whose logits on its memory, are not finite."""
-        for teacher, images in zip(self.teachers, self.inverter.teacher_images()):
+        owned = [self.teachers[k] for k in self.own]
+        for teacher, images in zip(owned, self.inverter.teacher_images()):
             if not bool(torch.isfinite(images).all()):
                 return f"teacher '{teacher.name}': its memory is not finite"
-        for teacher, images in zip(self.teachers, self.inverter.teacher_images()):
+        for teacher, images in zip(owned, self.inverter.teacher_images()):
             try:
                 logits = teacher.model(images.reshape(-1, *images.shape[2:])[:8])
             except Exception:  # a diagnosis only: the divergence error must still come out
@@ -279,8 +424,9 @@ class ECITrainer:
         return None
 
     def _diverged(self, step: int, component: str, value: object, cause: str | None = None) -> None:
-        self.run.log({"step": step, "diverged": component, "value": repr(value),
-                      **({"cause": cause} if cause else {})})
+        if self.world.is_main:
+            self.run.log({"step": step, "diverged": component, "value": repr(value),
+                          **({"cause": cause} if cause else {})})
         kept = f"step {self.last_saved()}" if self.last_saved() else "none yet"
         because = f" ({cause})" if cause else ""
         raise DivergenceError(f"step {step}: {component} is {value}{because}; stopped, the last "
@@ -290,12 +436,17 @@ class ECITrainer:
     @torch.no_grad()
     def validate(self, step: int) -> float:
         result = evaluate(self.meta, self.val_tasks, self.val_split, self.device,
-                          batch_tasks=self.config.eval.batch_tasks, description="meta-val")
+                          batch_tasks=self.config.eval.batch_tasks, description="meta-val",
+                          world=self.world)
         self.val_history.append((step, result.accuracy))
         if result.accuracy > self.best["val_accuracy"]:
             self.best = {"step": step, "val_accuracy": result.accuracy}
+            if not self.world.is_main:
+                return result.accuracy
             ckpt.save_state(self.run.checkpoints, f"best-{step}", self.meta.test_state_dict(),
                             pointer="best", info=self.best)
+        if not self.world.is_main:
+            return result.accuracy
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",
                    title="meta-val accuracy", ylabel="acc %", xlabel="outer step")
@@ -303,13 +454,21 @@ class ECITrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
-        return {"meta": self.meta.state_dict(), "inverter": self.inverter.state_dict(),
+        """The run's state; in a sharded run the inverter's is every rank's
+        share, gathered (a collective: every rank calls it)."""
+        inverter = self.inverter.state_dict()
+        if self.sharded:
+            inverter = {"shards": self.world.gather_objects(_to_cpu(inverter))}
+        return {"meta": self.meta.state_dict(), "inverter": inverter,
                 "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generator),
                 "step": self.step, "best": self.best, "val_history": [list(v) for v in self.val_history]}
 
     def save(self) -> None:
         stem = f"step-{self.step}"
-        ckpt.save_state(self.run.checkpoints, stem, self.state(), pointer="last",
+        state = self.state()
+        if not self.world.is_main:
+            return
+        ckpt.save_state(self.run.checkpoints, stem, state, pointer="last",
                         info={"step": self.step})
 
     def last_saved(self) -> int:
@@ -325,19 +484,36 @@ class ECITrainer:
             raise ConfigError(f"train.steps={self.config.train.steps}: the run is already at step "
                               f"{reached}; resume with --steps {reached} or more")
         self.meta.load_state_dict(state["meta"])
-        self.inverter.load_state_dict(state["inverter"])
+        inverter = state["inverter"]
+        shards = inverter.get("shards") if isinstance(inverter, dict) else None
+        if self.sharded != (shards is not None) or (shards is not None and len(shards) != self.world.size):
+            saved = f"{len(shards)} processes" if shards is not None else "one process (or unsharded)"
+            raise ConfigError(f"{self.run.checkpoints}: the checkpoint was saved by a run on {saved}; "
+                              f"resume it the same way (this one has {self.world.size})")
+        self.inverter.load_state_dict(shards[self.world.rank] if shards is not None else inverter)
         self.curriculum.load_state_dict(state["curriculum"])
         ckpt.restore_rng(state["rng"], self.generator)
         self.step = int(state["step"])
         self.best = dict(state["best"])
         self.val_history = [(int(s), float(a)) for s, a in state["val_history"]]
-        self.run.truncate_metrics(self.step)
+        if self.world.is_main:
+            self.run.truncate_metrics(self.step)
 
     # ------------------------------------------------------------------ pictures
     def save_pictures(self, step: int, per_class: int = 8) -> None:
         """One PNG grid per teacher: a row per class (cf. the paper's Fig. 5)."""
         folder = self.run.images / f"memory-step{step:06d}"
-        for teacher, images in zip(self.teachers, self.inverter.teacher_images()):
+        memory = self.inverter.teacher_images()
+        if self.sharded:  # rank 0 draws every rank's teachers
+            everyone: list[torch.Tensor] = [torch.empty(0)] * len(self.teachers)
+            for own, shown in self.world.gather_objects((self.own, [x[:, :per_class].cpu()
+                                                                      for x in memory])):
+                for k, x in zip(own, shown):
+                    everyone[k] = x
+            memory = everyone
+        if not self.world.is_main:
+            return
+        for teacher, images in zip(self.teachers, memory):
             shown = images[:, :per_class]
             pixels = teacher.space.denormalize(shown.float()).clamp(0, 1)
             save_grid(pixels.reshape(-1, *pixels.shape[2:]), folder / f"{teacher.name}.png",

@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
+from purer.data.episodes import TaskList
+from purer.distributed import World
 from purer.interfaces import Calibrator, MetaLearner
 from purer.progress import progress
 from purer.runtime import warn_if_slow_bf16
@@ -122,7 +124,8 @@ def _to_channels_last(batch: EpisodeBatch) -> EpisodeBatch:
 def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
              device: torch.device | str, calibrator: Calibrator | None = None,
              batch_tasks: int = 50, *, mode: Mode = "auto", channels_last: bool = False,
-             precision: Precision = "fp32", description: str = "meta-test") -> EvalResult:
+             precision: Precision = "fp32", description: str = "meta-test",
+             world: World | None = None) -> EvalResult:
     """Adapt to every task of ``tasks`` and score its queries.
 
     Args:
@@ -145,6 +148,10 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
             on CPUs without them (it warns there). Compare methods only at
             one precision.
         description: label of the progress bar.
+        world: in a run across processes, each rank scores a contiguous share
+            of a :class:`~purer.data.episodes.TaskList` and the per-task
+            accuracies are gathered in task order, so every rank returns the
+            one-process result (the same mean and interval).
     """
     device = torch.device(device)
     if precision == "bf16":
@@ -153,6 +160,12 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
         learner.model.to(memory_format=torch.channels_last)
     accuracies: list[Tensor] = []
     start = time.perf_counter()
+    world = world if world is not None else World()
+    if world.distributed and isinstance(tasks, TaskList):
+        first, stop = world.split(len(tasks))
+        tasks = replace(tasks, indices=tasks.indices[first:stop], classes=tasks.classes[first:stop])
+    else:
+        world = World()  # every rank scores every task: nothing to gather
     total = len(tasks)
     with progress() as bar:
         tid = bar.add_task(description, total=total, status="")
@@ -167,6 +180,8 @@ def evaluate(learner: MetaLearner, tasks: TaskSource, split: SplitData,
             bar.update(tid, advance=batch.num_episodes, status=f"acc {done.mean():.2f}%")
     seconds = time.perf_counter() - start
     values = torch.cat(accuracies) if accuracies else torch.zeros(0)
+    if world.distributed:
+        values = torch.cat(world.gather_objects(values))
     n = int(values.numel())
     return EvalResult(accuracy=float(values.mean()) if n else float("nan"), ci95=ci95(values),
                       accuracies=[float(v) for v in values], n_tasks=n, seconds=seconds,

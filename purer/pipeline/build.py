@@ -16,6 +16,7 @@ import torch
 from purer.cache import cache_dir
 from purer.config import InversionSection, PluginSection, RunConfig, TrainSection, ZooSection
 from purer.data import read_split
+from purer.distributed import World
 from purer.engine.trainer import ECITrainer
 from purer.errors import ConfigError, PluginError
 from purer.interfaces import Calibrator, MetaLearner
@@ -25,7 +26,8 @@ from purer.rundir import RunDir, atomic_write_text
 from purer.types import Teacher
 
 
-def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path:
+def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device,
+             world: World | None = None) -> Path:
     """The configured zoo, or a cached one built (once) from ``zoo.build``.
 
     Runs started together may ask for the same cached zoo: ``build_zoo``
@@ -43,15 +45,20 @@ def zoo_path(zoo: ZooSection, data: PluginSection, device: torch.device) -> Path
     if not (out / ".complete").exists():
         options = data.option_dict()
         root = options.pop("root", None)
-        build_zoo(zoo.build, data.name, root, out, device, data_options=options)
-        atomic_write_text(out / ".complete", json.dumps(recipe))
+        world = world if world is not None else World()
+        build_zoo(zoo.build, data.name, root, out, device, data_options=options, world=world)
+        if world.is_main:
+            atomic_write_text(out / ".complete", json.dumps(recipe))
+        world.barrier()
     return out
 
 
-def load_zoo(zoo: ZooSection, data: PluginSection, device: torch.device) -> list[Teacher]:
+def load_zoo(zoo: ZooSection, data: PluginSection, device: torch.device,
+             world: World | None = None,
+             inversion: InversionLoss | None = None) -> list[Teacher]:
     from purer.zoo.load import load_teachers
 
-    return load_teachers(zoo_path(zoo, data, device), device)
+    return load_teachers(zoo_path(zoo, data, device, world), device, inversion=inversion)
 
 
 def build_meta_model(train: TrainSection, way: int | None = None) -> torch.nn.Module:
@@ -100,20 +107,24 @@ def build_calibrator(calibrator: PluginSection, inversion: InversionSection) -> 
     return built
 
 
-def build_trainer(config: RunConfig, run: RunDir, device: torch.device) -> ECITrainer:
+def build_trainer(config: RunConfig, run: RunDir, device: torch.device,
+                  world: World | None = None) -> ECITrainer:
     """Everything Alg. 1 needs, from the configuration: teachers, the
-    initialised meta-model in its learner, the inverter, the curriculum."""
+    initialised meta-model in its learner, the inverter, the curriculum.
+    ``world``: the processes sharing the run (each builds the same
+    components; the trainer shards the teachers)."""
     host, train = get_host(), config.train
     generator = torch.Generator().manual_seed(config.seed)
-    teachers = load_zoo(config.zoo, config.data, device)
+    inversion = build_inversion(config.inversion)
+    teachers = load_zoo(config.zoo, config.data, device, world, inversion)
     val_split = read_split(config.data, "meta_val")
     torch.manual_seed(config.seed)  # the meta-model's init depends on the seed alone
     model = build_meta_model(train)
     initialize(model, config.init, teachers)
     meta = build_meta_learner(config.meta, model, device)
     inverter = host.create("inverter", config.inverter.name, config.inverter.options, section="inverter")
-    inverter.setup(teachers, train.shot + train.query, device, generator, build_inversion(config.inversion))
+    inverter.setup(teachers, train.shot + train.query, device, generator, inversion)
     curriculum = host.create("curriculum", config.curriculum.name, config.curriculum.options,
                              section="curriculum")
     return ECITrainer(config, run, device, teachers, meta, inverter, curriculum, val_split.space,
-                      val_split, generator)
+                      val_split, generator, world)

@@ -21,6 +21,7 @@ from torch import nn
 from purer.config import PluginSection, RunConfig
 from purer.data import read_split
 from purer.data.episodes import TaskList, make_task_list
+from purer.distributed import World
 from purer.errors import ConfigError, PurerError
 from purer.evaluation.evaluator import EvalResult, evaluate
 from purer.evaluation.results import ResultRow
@@ -83,7 +84,8 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
                   *, split: SplitData | None = None, split_name: str | None = None,
                   device: torch.device | str | None = None, calibrator: Calibrator | None = None,
                   learner_label: str = "purer", include_uncalibrated: bool = True,
-                  options: Mapping[str, Mapping[str, Any]] | None = None) -> list[ResultRow]:
+                  options: Mapping[str, Mapping[str, Any]] | None = None,
+                  world: World | None = None) -> list[ResultRow]:
     """Rows for the trained learner (if given) and each baseline, per shot.
 
     Args:
@@ -103,6 +105,8 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
         include_uncalibrated: with a calibrator, also score the learner
             without it (the ablation's "+ICFIL" pair).
         options: per-baseline initialiser options, over the defaults.
+        world: in a run across processes, each rank scores its share of
+            every task list (the rows are the same on every rank).
 
     A baseline that cannot run on this zoo (e.g. ``average`` on mixed
     architectures) becomes a row with no accuracy and the reason as note.
@@ -135,7 +139,7 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
         for shot, tasks in lists.items():
             for label, calib in variants:
                 result = evaluate(learner, tasks, split, device, calib, batch,
-                                  description=f"{label} {way}w{shot}s")
+                                  description=f"{label} {way}w{shot}s", world=world)
                 rows.append(_row(label, way, shot, result))
 
     for name in baselines:
@@ -153,6 +157,6 @@ def score_methods(config: RunConfig, teachers: Sequence[Teacher],
                                       note=str(exc).splitlines()[0]))
                 continue
             result = evaluate(built, tasks, split, device, None, batch,
-                              description=f"{name} {way}w{shot}s")
+                              description=f"{name} {way}w{shot}s", world=world)
             rows.append(_row(name, way, shot, result))
     return rows

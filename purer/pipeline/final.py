@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from purer.config import RunConfig
+from purer.distributed import World
 from purer.engine.checkpoint import load_state
 from purer.evaluation.results import ResultRow, print_table, results_document, write_results
 from purer.interfaces import MetaLearner
@@ -45,14 +46,18 @@ def load_meta_learner(run_dir: str | Path, which: str = "best",
 def final_evaluation(run_dir: RunDir, config: RunConfig, teachers: Sequence[Teacher] | None,
                      device: torch.device, *, which: str = "best",
                      baselines: Sequence[str] | None = None,
-                     options: Mapping[str, Mapping[str, Any]] | None = None) -> list[ResultRow]:
+                     options: Mapping[str, Mapping[str, Any]] | None = None,
+                     world: World | None = None) -> list[ResultRow]:
     """Score the ``which`` checkpoint of ``run_dir`` and the baselines; write and print.
 
     ``config`` decides the protocol (its ``eval`` and ``calibrator`` sections
     may differ from the run's own, e.g. ``purer eval --shot 5``); the
     checkpoint's weights come from the run. ``teachers=None`` loads the zoo
-    only when a baseline needs it.
+    only when a baseline needs it. ``world``: the ranks of a run across
+    processes share the tasks; rank 0 alone writes and prints.
     """
+    world = world if world is not None else World()
+    world.barrier()  # rank 0's checkpoints are written
     learner, _, info = load_meta_learner(run_dir.path, which, device)
     baselines = list(config.eval.baselines if baselines is None else baselines)
     check_baselines(baselines)
@@ -60,7 +65,10 @@ def final_evaluation(run_dir: RunDir, config: RunConfig, teachers: Sequence[Teac
         teachers = []
         if any(b != REAL_DATA and needs_teachers(b) for b in baselines):
             teachers = load_zoo(config.zoo, config.data, device)
-    rows = score_methods(config, teachers, learner, baselines, device=device, options=options)
+    rows = score_methods(config, teachers, learner, baselines, device=device, options=options,
+                         world=world)
+    if not world.is_main:
+        return rows
     selection = "meta_val" if which == "best" else f"none ({which} checkpoint)"
     document = results_document(
         rows, dataset=config.data.name, selection_split=selection, eval_split=config.eval.split,

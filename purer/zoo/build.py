@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from purer.config import ZooBuildOptions
+from purer.distributed import World, local_device
 from purer.errors import ConfigError, ZooError
 from purer.models import create_model, is_known, parameter_count
 from purer.progress import console, progress
@@ -72,7 +73,7 @@ def build_record(options: ZooBuildOptions, data: str,
 def build_zoo(options: ZooBuildOptions, data: str, root: str | None, out: str | Path,
               device: torch.device | str = "cpu",
               loader: SplitLoader | None = None,
-              data_options: dict[str, Any] | None = None) -> Manifest:
+              data_options: dict[str, Any] | None = None, world: World | None = None) -> Manifest:
     """Train (or finish training) the zoo described by ``options`` into ``out``.
 
     Args:
@@ -85,6 +86,9 @@ def build_zoo(options: ZooBuildOptions, data: str, root: str | None, out: str | 
         loader: ``(name, root) -> SplitData``; defaults to the dataset plugins.
         data_options: more options of the ``data`` plugin (e.g.
             ``images_per_class`` of synthetic-shapes), for the default loader.
+        world: the ranks of a build across processes: each round, rank r
+            trains the r-th teacher still to do, and rank 0 alone holds the
+            folder's lock and writes the manifest, after the round's barrier.
 
     Returns:
         The manifest as written to ``out/zoo.json``.
@@ -106,8 +110,44 @@ def build_zoo(options: ZooBuildOptions, data: str, root: str | None, out: str | 
     plans = make_plan(options, {n: s.class_names for n, s in splits.items()}, data)
 
     record = build_record(options, data, extra)
+    world = world if world is not None else World()
+    if world.distributed:
+        return _build_distributed(out, record, plans, options, archs, splits, device, world)
     with _build_lock(out):
         return _build(out, record, plans, options, archs, splits, device)
+
+
+def _build_distributed(out: Path, record: dict[str, Any], plans: list[TeacherPlan],
+                       options: ZooBuildOptions, archs: list[str], splits: dict[str, SplitData],
+                       device: torch.device, world: World) -> Manifest:
+    """:func:`_build` with the teachers still to train dealt out in rounds:
+    teacher i of the to-do list on rank i mod N; the manifest grows (rank 0)
+    once per round, so an interrupted build resumes as in one process."""
+    device = local_device(device, world)
+    lock = _build_lock(out) if world.is_main else None
+    try:
+        world.barrier()  # rank 0 holds the folder
+        manifest, todo = _resume(out, record, plans)
+        world.barrier()  # everyone read the same manifest before it changes
+        for first in range(0, len(todo), world.size):
+            mine = todo[first + world.rank] if first + world.rank < len(todo) else None
+            entry = None
+            if mine is not None:
+                entry = _train_teacher(mine, splits[mine.dataset], options, archs, out, device,
+                                       lambda epoch, acc: None)
+                console.print(f"{entry.name}: {entry.arch} on {entry.dataset} held-out "
+                              f"{entry.heldout_accuracy:.1%} (rank {world.rank})", markup=False,
+                              highlight=False)
+            entries = world.gather_objects(entry)  # a barrier: the round's weights are written
+            for plan, built in zip(todo[first:first + world.size], entries):
+                manifest.teachers.insert(_position(manifest, plans, plan), built)
+            if world.is_main:
+                save_manifest(out, manifest)
+        world.barrier()  # the manifest is complete before any rank returns
+        return manifest
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 BUILD_LOCK = ".build.lock"

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from purer.errors import PluginError, ZooError
+from purer.inversion import InversionLoss
 from purer.models import create_model, declared_input_size, head_parameter_names, is_known
 from purer.rundir import file_sha256
 from purer.types import Teacher, find_bn_layers
@@ -150,16 +151,19 @@ def load_teacher_model(zoo: str | Path, entry: TeacherEntry) -> nn.Module:
 
 
 def load_teachers(zoo_path: str | Path, device: torch.device | str = "cpu",
-                  channels_last: bool = False) -> list[Teacher]:
+                  channels_last: bool = False, inversion: InversionLoss | None = None) -> list[Teacher]:
     """Every teacher of the zoo, frozen, in eval mode, moved to ``device`` once.
 
     Args:
         zoo_path: the zoo folder (or its zoo.json).
         device: where the teachers live for the whole run.
         channels_last: store conv weights NHWC (faster convolutions on CPU/GPU).
+        inversion: the run's inversion loss, if known: then the notice names
+            the terms each teacher gets (``InversionTerm.applies_to``).
 
-    Teachers without BatchNorm layers are named in one log line, so the BN
-    statistics term can skip them knowingly (``Teacher.has_bn``).
+    When the zoo has teachers without BatchNorm layers, one log line says
+    so (the BN-statistics term skips them, ``Teacher.has_bn``), with the
+    inversion terms each group of teachers gets when ``inversion`` is given.
     """
     manifest: Manifest = load_manifest(zoo_path)
     if not manifest.teachers:
@@ -175,10 +179,21 @@ def load_teachers(zoo_path: str | Path, device: torch.device | str = "cpu",
                                 arch=entry.arch, dataset=entry.dataset,
                                 bn_layers=find_bn_layers(model)))
     without_bn = [t.name for t in teachers if not t.has_bn]
-    if without_bn:
+    if without_bn and inversion is None:
         _note(f"{len(without_bn)} teacher(s) without BatchNorm, the BN-statistics term skips "
               f"them: {', '.join(without_bn)}")
+    elif without_bn:
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for t in teachers:
+            groups.setdefault(tuple(inversion.names_for(t)), []).append(t.name)
+        _note("teachers without BatchNorm in the zoo; inversion terms per teacher: " + "; ".join(
+            f"{', '.join(names) or 'none'} for {len(group)} ({_first(group)})"
+            for names, group in groups.items()))
     return teachers
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f", +{len(names) - shown}" if len(names) > shown else "")
 
 
 def _note(message: str) -> None:

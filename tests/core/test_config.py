@@ -219,7 +219,7 @@ def test_bad_plugin_value_names_the_key_and_the_allowed_values(purer_host):
 
 def test_unknown_plugin_name_lists_the_installed_ones(purer_host):
     assert error_of({"inverter": {"name": "nope"}}, host=purer_host) == (
-        "inverter.name: unknown inverter 'nope' (installed: deepinv)")
+        "inverter.name: unknown inverter 'nope' (installed: deepinv, generator, meta-generator)")
     message = error_of(assignments=("curriculum.name=nope",), host=purer_host)
     assert message.startswith("curriculum.name: unknown curriculum 'nope' (installed: ")
     assert "gradient-switch" in message and "none" in message

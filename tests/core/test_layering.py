@@ -26,7 +26,7 @@ LAYERS: dict[str, list[str]] = {
     # plain tensor code and process-wide helpers: nothing of purer's above them
     "foundation": ["purer", "purer.errors", "purer.hookspecs", "purer.types", "purer.kernels",
                    "purer.parallel", "purer.runtime", "purer.progress", "purer.cache",
-                   "purer.pictures"],
+                   "purer.pictures", "purer.distributed"],
     # what components are and how they are configured, found and built
     "contract": ["purer.interfaces", "purer.inversion", "purer.config", "purer.plugins",
                  "purer.models", "purer.rundir", "purer.presets"],
@@ -36,7 +36,7 @@ LAYERS: dict[str, list[str]] = {
     "engine": ["purer.engine"],
     "pipeline": ["purer.pipeline"],
     # what users and tests touch: the command line and the testing helpers
-    "front": ["purer.cli", "purer.testing", "purer.pytest_plugin"],
+    "front": ["purer.cli", "purer.testing", "purer.pytest_plugin", "purer.__main__"],
 }
 RANK = {layer: i for i, layer in enumerate(LAYERS)}
 

@@ -306,10 +306,14 @@ def test_meta_steps_agree_across_paths(name):
         metrics = learner.meta_step(episodes)
         results.append((metrics, learner.test_state_dict()["model"]))
     (reference, weights), others = results[0], results[1:]
+    # A conv bias in front of batch norm has a zero gradient in exact arithmetic; Adam
+    # divides the float64 rounding left in it (about 1e-15) by its eps (1e-8), so those
+    # entries may move by about lr * 1e-7 along one path and not the other. A wrong
+    # gradient moves an entry by about lr.
     for metrics, other in others:
         assert float(metrics.loss) == pytest.approx(float(reference.loss), rel=1e-10)
         for key, value in weights.items():
-            assert torch.allclose(other[key], value, rtol=1e-8, atol=1e-10), key
+            assert torch.allclose(other[key], value, rtol=1e-8, atol=1e-8), key
 
 
 @pytest.mark.parametrize("name", NEW)

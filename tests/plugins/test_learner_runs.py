@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
+from run_helpers import metrics, write_config
 
 from purer.config import build_config
 from purer.data.episodes import make_task_list
@@ -20,22 +20,11 @@ from purer.pipeline.final import load_meta_learner
 from purer.pipeline.real_data import train_on_real_data
 from purer.plugins import get_host
 from purer.rundir import RunDir
-from purer.testing import inversion_loss, synthetic_split
+from purer.testing import inversion_loss, run_purer, synthetic_split
 
 NEW = ["anil", "protonet", "reptile", "metasgd"]
 
 
-def _trainer_helpers():
-    import importlib.util
-
-    path = REPO / "tests" / "core" / "engine" / "test_trainer.py"
-    spec = importlib.util.spec_from_file_location("trainer_test_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _trainer_helpers()
 SHORT = {"train.steps": 6, "train.val_every": 3, "train.checkpoint_every": 3, "train.image_every": 6}
 
 
@@ -43,10 +32,10 @@ SHORT = {"train.steps": 6, "train.val_every": 3, "train.checkpoint_every": 3, "t
 def test_purer_run_meta_trains_and_resumes_exactly(name, tmp_path, tiny_zoo):
     """The whole run through the CLI; the same run stopped after step 3 and
     resumed from its checkpoint logs exactly the same numbers."""
-    config = helpers.write_config(tmp_path, tiny_zoo, **SHORT)
-    helpers.run_cli("run", "--config", str(config), "--meta", name, "--name", "whole", "--no-eval")
+    config = write_config(tmp_path, tiny_zoo, **SHORT)
+    assert run_purer("run", "--config", str(config), "--meta", name, "--name", "whole", "--no-eval") == 0
     whole = tmp_path / "runs" / "whole"
-    rows = helpers.metrics(whole)
+    rows = metrics(whole)
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert any(r["switch"] for r in rows)  # the reversed outer loss ran
     assert all(0.0 <= r["train_accuracy"] <= 1.0 for r in rows)
@@ -71,17 +60,15 @@ def test_purer_run_meta_trains_and_resumes_exactly(name, tmp_path, tiny_zoo):
     second.resume()
     assert second.step == 3
     second.train()
-    assert helpers.metrics(run.path) == rows
+    assert metrics(run.path) == rows
 
 
 def test_bad_learner_options_are_one_line_errors(tmp_path, tiny_zoo, capsys):
-    config = helpers.write_config(tmp_path, tiny_zoo)
+    config = write_config(tmp_path, tiny_zoo)
     for args, wanted in ((["--meta", "metasgd", "--set", "meta.test_inner_lr=0.1"], "test_inner_lr"),
                          (["--meta", "protonet", "--set", "meta.inner_steps=3"], "inner_steps"),
                          (["--meta", "reptile", "--set", "meta.inner_data='query'"], "inner_data")):
-        with pytest.raises(SystemExit) as exc:
-            helpers.main(["run", "--config", str(config), *args])
-        assert exc.value.code == 2
+        assert run_purer("run", "--config", config, *args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and wanted in err[0], err
 
@@ -89,12 +76,12 @@ def test_bad_learner_options_are_one_line_errors(tmp_path, tiny_zoo, capsys):
 def test_a_new_learner_runs_the_final_table_with_its_baselines(tmp_path, tiny_zoo):
     """Meta-SGD with ICFIL re-adapting from the calibrated backbone, the
     random and average initialisations and the real-data upper bound."""
-    config = helpers.write_config(
+    config = write_config(
         tmp_path, tiny_zoo, **SHORT, **{
             "init.name": "average", "eval.tasks": 4, "eval.query": 3, "eval.real_steps": 2,
             "eval.baselines": ["random", "average", "real"], "calibrator.name": "icfil",
             "calibrator.synthesis_steps": 2, "calibrator.head_steps": 5, "calibrator.classifier": "learner"})
-    helpers.run_cli("run", "--config", str(config), "--meta", "metasgd", "--name", "table")
+    assert run_purer("run", "--config", str(config), "--meta", "metasgd", "--name", "table") == 0
     document = json.loads((tmp_path / "runs" / "table" / "results.json").read_text())
     rows = {r["method"]: r for r in document["rows"]}
     assert {"purer", "purer+icfil", "random", "average", "real"} <= set(rows)

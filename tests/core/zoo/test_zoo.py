@@ -89,12 +89,24 @@ def test_training_protocol_defaults() -> None:
 
 
 def test_augment_batch_crops_and_flips() -> None:
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    out = augment_batch(x, torch.Generator().manual_seed(0), pad=0)
-    for i in range(2):
-        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
-    padded = augment_batch(x, torch.Generator().manual_seed(1))
-    assert padded.shape == x.shape
+    """Every output is one of the image's padded crops, flipped or not, and
+    over a batch of 64 both flips and several offsets occur (a no-op fails)."""
+    pad = 2
+    x = torch.arange(64 * 3 * 8 * 8, dtype=torch.float32).view(64, 3, 8, 8) + 1
+    out = augment_batch(x, torch.Generator().manual_seed(0), pad=pad)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    seen = set()
+    for i in range(len(x)):
+        matches = [(oy, ox, flip) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
+                   for flip in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(
+                       padded[i, :, oy:oy + 8, ox:ox + 8]))]
+        assert len(matches) == 1, i
+        seen.add(matches[0])
+    assert {flip for _, _, flip in seen} == {False, True}
+    assert len({(oy, ox) for oy, ox, _ in seen}) >= 5
+    assert any((oy, ox) != (pad, pad) for oy, ox, _ in seen)
 
 
 # ----------------------------------------------------------------- tiny zoo
