@@ -8,7 +8,7 @@ imported when first used.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -38,7 +38,7 @@ class ICFILOptions(Options):
         "ProtoNet's prototypes recomputed in the calibrated embedding)")
     batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="tasks together (vmap) or one by one; auto: loop on CPU, vmap else")
-    threads: int | Literal["all"] = Field(
+    threads: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
         1, description="intra-op threads while a batch of tasks is adapted and calibrated; "
         "all: the process's (2 threads stalled when another job shared the cores, "
         "docs/evaluation.md)")
