@@ -207,6 +207,17 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
+def preset_description(name: str) -> str:
+    """A preset's leading comment, on one line: what it runs and what it needs."""
+    text = resources.files("purer.presets").joinpath(f"{name}.toml").read_text()
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(part for part in lines if part)
+
+
 def load_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ConfigError(f"--preset: unknown preset '{name}' (available: {', '.join(preset_names())})")
@@ -257,12 +268,27 @@ def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _explain(exc: ValidationError, prefix: str = "") -> str:
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys the section at ``loc`` (the path of a key inside ``model``) takes."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        keys = _keys_at(model, err["loc"]) if model is not None else None
+        if keys:
+            section = ".".join(str(p) for p in err["loc"][:-1]) or "the top level"
+            msg += f"; {section} takes: {', '.join(keys)}"
     elif err["type"] == "literal_error":
         msg = f"must be one of {err['ctx']['expected']}"
     got = err.get("input")
@@ -298,7 +324,7 @@ def build_config(*layers: dict[str, Any], assignments: tuple[str, ...] = (),
     try:
         config = RunConfig(**tree)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, model=RunConfig)) from None
     if host is not None:
         resolve_plugin_options(config, host)
     return config

@@ -299,6 +299,12 @@ class Calibrator(Component):
         registered terms that synthesis from a model minimises)."""
         self.inversion = inversion
 
+    def threads(self) -> int | None:
+        """Intra-op threads of the evaluating thread while a batch of tasks is
+        adapted and calibrated (the calibrator may add worker threads of its
+        own); ``None`` keeps the process's count."""
+        return None
+
     @abstractmethod
     def predict(self, learner: MetaLearner, params: Params, support: Tensor,
                 support_labels: Tensor, query: Tensor) -> Tensor:

@@ -36,10 +36,10 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 8, pad: int = 2,
 
 
 def save_curve(xs: Sequence[float], ys: Sequence[float], path: str | Path, title: str = "",
-               ylabel: str = "", size: tuple[int, int] = (480, 320)) -> Path:
-    """A minimal line plot (axes, ticks, one curve) as PNG."""
+               ylabel: str = "", size: tuple[int, int] = (480, 320), xlabel: str = "") -> Path:
+    """A minimal line plot (axes with their labels, ticks, one curve) as PNG."""
     width, height = size
-    left, right, top, bottom = 56, 16, 28, 36
+    left, right, top, bottom = 56, 16, 28, 48
     picture = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(picture)
     draw.text((left, 6), title, fill="black")
@@ -66,6 +66,9 @@ def save_curve(xs: Sequence[float], ys: Sequence[float], path: str | Path, title
             x = x0 + frac * (x1 - x0)
             draw.text((x - 12, y0 + 6), f"{xmin + frac * span:.0f}", fill="black")
     draw.text((4, y1 - 20), ylabel, fill="black")
+    if xlabel:  # centred under the tick labels
+        text_width = draw.textlength(xlabel)
+        draw.text(((x0 + x1 - text_width) / 2, y0 + 24), xlabel, fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

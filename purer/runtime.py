@@ -17,6 +17,7 @@ the command line starts without it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 import warnings
@@ -51,6 +52,19 @@ def tune_allocator() -> bool:
         return False
     return all(libc.mallopt(param, value) == 1 for param, value in
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+
+
+# Loggers of PyTorch whose warnings tell a purer user nothing they can act on:
+# torch.utils.cpp_extension says "No CUDA runtime is found, using CUDA_HOME=..."
+# whenever torch.compile starts on a machine with CUDA files but no GPU.
+QUIET_LOGGERS = ("torch.utils.cpp_extension",)
+
+
+def quiet_warnings() -> None:
+    """Keep PyTorch's meaningless warnings (:data:`QUIET_LOGGERS`) off the
+    user's screen; their errors still show. Imports nothing."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def prepare_compute() -> None:

@@ -8,19 +8,21 @@ imported when first used.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from purer.api import Options, hookimpl
+from purer.api import Options, Workers, hookimpl
 
 
 class ICFILOptions(Options):
-    pseudo_per_class: int = Field(4, ge=1, description="pseudo images synthesised per class")
-    synthesis_steps: int = Field(30, ge=0, description="Adam steps on the pseudo images")
+    pseudo_per_class: int = Field(2, ge=1, description="pseudo images synthesised per class "
+                                  "(2: chosen on meta-val, docs/evaluation.md)")
+    synthesis_steps: int = Field(5, ge=0, description="Adam steps on the pseudo images "
+                                 "(5: chosen on meta-val, docs/evaluation.md)")
     synthesis_lr: float = Field(0.1, gt=0, description="Adam lr of the pseudo images (init N(0,1))")
     bn_target: Literal["support", "none"] = Field(
-        "support", description="stand-in for Eq. 4's running statistics: the real support "
+        "none", description="stand-in for Eq. 4's running statistics: the real support "
         "batch's per-layer feature mean/var, or no BN targets (the bn term is then zero)")
     jitter: int = Field(2, ge=0, description="random circular shift (px) inside the inversion loss")
     temperature: float = Field(0.1, gt=0, description="Eq. 7 temperature")
@@ -36,6 +38,14 @@ class ICFILOptions(Options):
         "ProtoNet's prototypes recomputed in the calibrated embedding)")
     batching: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="tasks together (vmap) or one by one; auto: loop on CPU, vmap else")
+    threads: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+        1, description="intra-op threads while a batch of tasks is adapted and calibrated; "
+        "all: the process's (2 threads stalled when another job shared the cores, "
+        "docs/evaluation.md)")
+    cpu_workers: Workers = Field(
+        1, description="on CPU with batching loop: threads the tasks of a batch are spread "
+        "over, each with threads // cpu_workers intra-op threads; auto: one per torch thread "
+        "(at most 4)")
     channels_last: bool = Field(False, description="NHWC images and weights")
     seed: int = Field(0, description="seed of the pseudo-image noise, jitter and head init")
 

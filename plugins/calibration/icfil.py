@@ -40,10 +40,24 @@ the network over all tasks under ``torch.func.vmap``; ``"loop"`` runs steps
 1-2 one task at a time (on CPU, vmapped convolutions with per-task weights
 become grouped convolutions, slower than the loop). The new heads of
 step 3 are always trained for all tasks at once (``baddbmm``).
+
+Threads. While a batch of tasks is adapted and calibrated, the evaluating
+thread runs ``threads`` intra-op threads (default 1: a task's ops, a Conv4
+over 5-80 small images, are too small to split over cores, and two
+OpenMP threads stall each other when another process takes one of the
+cores). On the loop path the tasks of a batch can also be spread over
+``cpu_workers`` threads (``purer.api.WorkerPool``), each with
+``threads // cpu_workers`` (at least one) intra-op threads. Every
+worker runs its own copy of the learner's module tree (same tensors), since
+a functional call edits the module it runs through. Each task draws its
+noise and jitter from its own generator, seeded by ``seed`` and the task's
+position in the calibrator's stream of tasks, so the numbers do not depend
+on which worker ran a task, nor on the batch size.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -60,7 +74,11 @@ from purer.api import (
     InversionContext,
     MetaLearner,
     Params,
+    WorkerPool,
     batch_moments,
+    copy_sharing_tensors,
+    has_module_hooks,
+    resolve_workers,
     supcon_loss,
 )
 
@@ -72,9 +90,15 @@ class ICFIL(Calibrator):
 
     def __init__(self, options: ICFILOptions | None = None) -> None:
         super().__init__(options)
-        self.generator = torch.Generator().manual_seed(self.options.seed)
+        self.generator = torch.Generator().manual_seed(self.options.seed)  # head init
+        self.tasks_seen = 0  # position of the next task in this calibrator's stream
+        self.pool: WorkerPool | None = None
+        self.replicas: dict[int, list[MetaLearner]] = {}  # id(learner) -> one per worker
 
     # ----------------------------------------------------------------- API
+    def threads(self) -> int | None:
+        return None if self.options.threads == "all" else self.options.threads
+
     def predict(self, learner: MetaLearner, params: Params, support: Tensor,
                 support_labels: Tensor, query: Tensor) -> Tensor:
         stacked = {k: v.unsqueeze(0) for k, v in params.items()}
@@ -89,26 +113,52 @@ class ICFIL(Calibrator):
         if self.options.classifier == "learner":
             return self.predict_with_learner(learner, params, support, support_labels, query,
                                              batching == "loop")
+        first = self.tasks_seen
+        self.tasks_seen += support.shape[0]
         if batching == "loop" and support.shape[0] > 1:
-            parts = [self.calibrated_features(learner, {k: v[t:t + 1] for k, v in params.items()},
-                                              support[t:t + 1], support_labels[t:t + 1],
-                                              query[t:t + 1])
-                     for t in range(support.shape[0])]
+            replicas = self._replicas(learner, support)
+
+            def one_task(worker: int, t: int) -> tuple[Tensor, Tensor]:
+                return self.calibrated_features(
+                    replicas[worker] if replicas else learner,
+                    {k: v[t:t + 1] for k, v in params.items()}, support[t:t + 1],
+                    support_labels[t:t + 1], query[t:t + 1], first + t)
+
+            tasks = range(support.shape[0])
+            parts = (self.pool.map(one_task, tasks) if replicas
+                     else [one_task(0, t) for t in tasks])
             fs, fq = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         else:
-            fs, fq = self.calibrated_features(learner, params, support, support_labels, query)
+            fs, fq = self.calibrated_features(learner, params, support, support_labels, query,
+                                              first)
         return self.train_head(fs, support_labels, fq)  # the head is cheap: all tasks at once
 
+    def _replicas(self, learner: MetaLearner, like: Tensor) -> list[MetaLearner]:
+        """One copy of ``learner`` per worker thread (its module tree copied,
+        sharing the tensors), or none when the tasks run on this thread."""
+        if self.pool is None:  # auto counts the process's threads, not the evaluator's limit
+            workers = self.options.cpu_workers
+            if workers == "auto" and self.options.threads != "all":
+                workers = self.options.threads
+            self.pool = WorkerPool(resolve_workers(workers, like.device))
+        if self.pool.workers == 1 or has_module_hooks(learner.model):
+            return []
+        if id(learner) not in self.replicas:
+            self.replicas = {id(learner): [_replica(learner) for _ in range(self.pool.workers)]}
+        return self.replicas[id(learner)]
+
     def calibrated_features(self, learner: MetaLearner, params: Params, support: Tensor,
-                            labels: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-        """Steps 1-2 for stacked tasks; the calibrated backbone's support and
-        query features ``[T, N, D]``."""
+                            labels: Tensor, query: Tensor, first: int = 0
+                            ) -> tuple[Tensor, Tensor]:
+        """Steps 1-2 for stacked tasks (``first``: the first one's position in
+        the stream); the calibrated backbone's support and query features
+        ``[T, N, D]``."""
         params = {k: v.detach() for k, v in params.items()}
         if self.options.channels_last:
             params = {k: _channels_last(v) if v.dim() == 5 else v for k, v in params.items()}
             support, query = _channels_last(support), _channels_last(query)
         with torch.enable_grad():
-            pseudo, pseudo_labels = self.synthesize(learner, params, support, labels)
+            pseudo, pseudo_labels = self.synthesize(learner, params, support, labels, first)
             backbone = self.calibrate(learner, params, support, labels, pseudo, pseudo_labels)
         features = _over_tasks(learner.features)
         with torch.no_grad():
@@ -122,11 +172,14 @@ class ICFIL(Calibrator):
         names = _backbone_names(learner, params)
         start = {k: v.detach() for k, v in learner.params().items()}
         logits = []
+        first = self.tasks_seen
+        self.tasks_seen += support.shape[0]
         for part in ([slice(t, t + 1) for t in range(support.shape[0])] if one_by_one
                      else [slice(None)]):
             task_params = {k: v[part] for k, v in params.items()}
             with torch.enable_grad():
-                pseudo, pseudo_labels = self.synthesize(learner, task_params, support[part], labels[part])
+                pseudo, pseudo_labels = self.synthesize(learner, task_params, support[part],
+                                                        labels[part], first + (part.start or 0))
                 backbone = self.calibrate(learner, task_params, support[part], labels[part], pseudo,
                                           pseudo_labels)
             for t in range(pseudo.shape[0]):
@@ -138,14 +191,18 @@ class ICFIL(Calibrator):
 
     # ----------------------------------------------------------------- step 1
     def synthesize(self, learner: MetaLearner, params: Params, support: Tensor,
-                   labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Pseudo images ``[T, way*P, C, H, W]`` (detached) and their labels ``[T, way*P]``."""
+                   labels: Tensor, first: int = 0) -> tuple[Tensor, Tensor]:
+        """Pseudo images ``[T, way*P, C, H, W]`` (detached) and their labels
+        ``[T, way*P]``; ``first``: the first task's position in the stream,
+        which seeds its noise (jitter: the first task's generator for all)."""
         o = self.options
         tasks, way = support.shape[0], int(labels.max()) + 1
         pseudo_labels = torch.arange(way, device=support.device).repeat_interleave(o.pseudo_per_class)
         pseudo_labels = pseudo_labels.expand(tasks, -1)
-        shape = (tasks, pseudo_labels.shape[1], *support.shape[2:])
-        images = torch.randn(shape, generator=self.generator).to(support.device, support.dtype)
+        shape = (pseudo_labels.shape[1], *support.shape[2:])
+        generators = [self.task_generator(first + t) for t in range(tasks)]
+        images = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        images = images.to(support.device, support.dtype)
         if support.stride()[-3] == 1:  # the support is channels_last: so are the pseudo images
             images = _channels_last(images)
         if o.synthesis_steps == 0:
@@ -165,17 +222,22 @@ class ICFIL(Calibrator):
         loss_per_task = _over_tasks(task_loss, stacked_args=5)
         optimizer = torch.optim.Adam([images], lr=o.synthesis_lr)
         for _ in range(o.synthesis_steps):
-            losses = loss_per_task(params, images, self._jitter(images), pseudo_labels, targets)
+            losses = loss_per_task(params, images, self._jitter(images, generators[0]),
+                                   pseudo_labels, targets)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()
         return images.detach(), pseudo_labels
 
-    def _jitter(self, images: Tensor) -> Tensor:
+    def task_generator(self, position: int) -> torch.Generator:
+        """The generator of the task at ``position`` in the stream."""
+        return torch.Generator().manual_seed(self.options.seed * 1_000_003 + position)
+
+    def _jitter(self, images: Tensor, generator: torch.Generator) -> Tensor:
         j = self.options.jitter
         if j == 0:
             return images
-        dx, dy = torch.randint(-j, j + 1, (2,), generator=self.generator).tolist()
+        dx, dy = torch.randint(-j, j + 1, (2,), generator=generator).tolist()
         return torch.roll(images, shifts=(dx, dy), dims=(-1, -2))
 
     # ----------------------------------------------------------------- step 2
@@ -228,6 +290,14 @@ class ICFIL(Calibrator):
             bias = (torch.rand(tasks, way, generator=self.generator) * 2 - 1) * bound
         return (weight.to(like.device, like.dtype).requires_grad_(),
                 bias.to(like.device, like.dtype).requires_grad_())
+
+
+def _replica(learner: MetaLearner) -> MetaLearner:
+    """A shallow copy of ``learner`` running its own copy of the module tree
+    (the same parameter and buffer tensors): what one worker thread calls."""
+    replica = copy.copy(learner)
+    replica.model = copy_sharing_tensors(learner.model, learner.model)
+    return replica
 
 
 def _backbone_names(learner: MetaLearner, params: Params) -> set[str]:

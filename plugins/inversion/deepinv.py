@@ -14,6 +14,8 @@ plugin can add a prior or replace one by name.
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -174,7 +176,16 @@ class DeepInversion(Inverter):
         """The compiled loss when ``compile`` is on; eager if compiling is impossible here."""
         if self._compiled is not None:
             try:
+                first = kind not in self._compiled_ok
+                if first:  # the first call compiles: say so, or the run looks stuck
+                    print(f"inverter.compile: compiling the {kind} inversion loss with "
+                          "torch.compile (once; about a minute on a CPU)", file=sys.stderr,
+                          flush=True)
+                    started = time.perf_counter()
                 result = self._compiled[kind](*args)
+                if first:
+                    print(f"inverter.compile: compiled in {time.perf_counter() - started:.0f} s",
+                          file=sys.stderr, flush=True)
                 self._compiled_ok.add(kind)
                 return result
             except Exception as exc:  # e.g. no C++ compiler: keep the run going, eagerly

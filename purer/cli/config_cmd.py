@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from purer.cli.options import config_from_cli, config_options
-from purer.config import preset_names, to_toml
+from purer.config import preset_description, preset_names, to_toml
 
 
 def register(cli: click.Group) -> None:
@@ -23,6 +23,8 @@ def register(cli: click.Group) -> None:
 
     @config.command("presets")
     def presets() -> None:
-        """List the shipped presets (use with --preset NAME)."""
-        for name in preset_names():
-            click.echo(name)
+        """List the shipped presets with what each runs (use with --preset NAME)."""
+        names = preset_names()
+        width = max(map(len, names), default=0)
+        for name in names:
+            click.echo(f"{name:<{width}}  {preset_description(name)}")

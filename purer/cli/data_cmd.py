@@ -16,6 +16,11 @@ from purer.errors import DataError, SplitMissing
 if TYPE_CHECKING:
     from purer.types import SplitData
 
+# Where `purer data show` puts its picture unless --out says otherwise: beside
+# the run directories (runs/), not loose in the working directory.
+PICTURES = "runs/data"
+
+
 def register(cli: click.Group) -> None:
     @cli.group("data")
     def data() -> None:
@@ -28,7 +33,7 @@ def register(cli: click.Group) -> None:
                   type=click.Choice(["meta_train", "meta_val", "meta_test"]),
                   help="Split shown in the picture.")
     @click.option("--out", type=click.Path(dir_okay=False),
-                  help="PNG grid to write (default: <name>-<split>.png).")
+                  help=f"PNG grid to write (default: {PICTURES}/<name>-<split>.png).")
     @click.option("--per-class", default=4, show_default=True, type=click.IntRange(1, 64),
                   help="Images per class in the picture.")
     @click.option("--classes", default=10, show_default=True, type=click.IntRange(1, 1000),
@@ -56,9 +61,10 @@ def register(cli: click.Group) -> None:
         shown = splits[picture_split]
         if isinstance(shown, DataError):
             raise shown
-        path = Path(out or f"{name}-{picture_split}.png")
+        path = Path(out or Path(PICTURES) / f"{name}-{picture_split}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_examples(shown, path, per_class, classes)
-        click.echo(f"wrote {path}")
+        click.echo(f"picture of {picture_split}: {path.resolve()}")
         broken = [(split, exc) for split, exc in splits.items()
                   if isinstance(exc, DataError) and not isinstance(exc, SplitMissing)]
         if broken:

@@ -10,7 +10,7 @@ import click
 from purer import __version__
 from purer.errors import PurerError
 from purer.plugins import get_host
-from purer.runtime import tune_allocator
+from purer.runtime import quiet_warnings, tune_allocator
 
 # Modules that each define ``register(cli)``; plugins add more via ``register_commands``.
 COMMAND_MODULES = ("plugins_cmd", "config_cmd", "data_cmd", "zoo_cmd", "run_cmd", "eval_cmd",
@@ -32,10 +32,23 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"purer.cli.{_name}").register(cli)
 
 
+def whole_summaries(group: click.Group) -> None:
+    """Give every command of ``group`` (and its sub-groups) the first paragraph
+    of its help as the one-line summary of listings: click's default cuts it
+    at 45 characters or at the first full stop, which is often mid-phrase
+    ("Alg. 1", "e.g.")."""
+    for command in group.commands.values():
+        if command.short_help is None and command.help:
+            command.short_help = " ".join(command.help.strip().split("\n\n")[0].split())
+        if isinstance(command, click.Group):
+            whole_summaries(command)
+
+
 def build_cli() -> click.Group:
     """The root group with plugin commands attached (plugins load here, once)."""
     if not getattr(cli, "_plugins_added", False):
         get_host().add_commands(cli)
+        whole_summaries(cli)
         cli._plugins_added = True  # type: ignore[attr-defined]
     return cli
 
@@ -52,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ARGS[:] = sys.argv[1:] if argv is None else argv  # --nproc starts this command again
     tune_allocator()
+    quiet_warnings()
     try:
         build_cli().main(args=argv, prog_name="purer", standalone_mode=False)
     except PurerError as exc:

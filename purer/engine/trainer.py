@@ -312,6 +312,7 @@ class ECITrainer:
         in is complete and saved (see the module docstring).
         """
         train, main = self.config.train, self.world.is_main
+        self.switched = 0  # steps the gradient switch fired on (for the progress lines)
         with progress() as bar, self._deferred_interrupts():
             task = bar.add_task("meta-train", total=train.steps, completed=self.step, status="")
             for step in range(self.step + 1, train.steps + 1):
@@ -363,9 +364,15 @@ class ECITrainer:
             signal.signal(signal.SIGINT, previous)
 
     def _status(self, r: dict[str, Any]) -> str:
+        # A line is printed every few seconds, and the switch fires on single
+        # steps: the count since the start says what metrics.jsonl holds.
+        self.switched += bool(r["switch"])
         switch = "[red]on[/]" if r["switch"] else "off"
+        plural = "s" if self.switched > 1 else ""
+        fired = f" (fired on {self.switched} step{plural} since launch)" if self.switched else ""
         val = f" val {r['val_accuracy']:.1f}%" if "val_accuracy" in r else ""
-        return f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% switch {switch}{val}"
+        return (f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% "
+                f"switch {switch}{fired}{val}")
 
     def guard(self, record: dict[str, Any]) -> None:
         """Stop on NaN/Inf or an exploding memory, before anything is saved.
@@ -442,7 +449,7 @@ class ECITrainer:
             return result.accuracy
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",
-                   title="meta-val accuracy", ylabel="acc %")
+                   title="meta-val accuracy", ylabel="acc %", xlabel="outer step")
         return result.accuracy
 
     # ------------------------------------------------------------------ checkpoints

@@ -93,15 +93,23 @@ def batch_logits(learner: MetaLearner, batch: EpisodeBatch, calibrator: Calibrat
     if mode != "per_task" and passthrough:
         with torch.no_grad():
             return learner.adapt_and_predict(batch.support, batch.support_labels, batch.query)
-    adapted = [learner.test_adapt(batch.support[t], batch.support_labels[t])
-               for t in range(batch.num_episodes)]
-    with torch.no_grad():  # calibrators that optimise switch grad on themselves
-        if calibrator is None:
-            return torch.stack([learner.predict(adapted[t], batch.query[t])
-                                for t in range(batch.num_episodes)])
-        stacked = {k: torch.stack([a[k] for a in adapted]) for k in adapted[0]}
-        return calibrator.predict_tasks(learner, stacked, batch.support, batch.support_labels,
-                                        batch.query)
+    threads = calibrator.threads() if calibrator is not None else None
+    caller = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        adapted = [learner.test_adapt(batch.support[t], batch.support_labels[t])
+                   for t in range(batch.num_episodes)]
+        with torch.no_grad():  # calibrators that optimise switch grad on themselves
+            if calibrator is None:
+                return torch.stack([learner.predict(adapted[t], batch.query[t])
+                                    for t in range(batch.num_episodes)])
+            stacked = {k: torch.stack([a[k] for a in adapted]) for k in adapted[0]}
+            return calibrator.predict_tasks(learner, stacked, batch.support,
+                                            batch.support_labels, batch.query)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(caller)
 
 
 def _to_channels_last(batch: EpisodeBatch) -> EpisodeBatch:

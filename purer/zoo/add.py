@@ -158,7 +158,10 @@ def add_teacher(zoo: str | Path, arch: str, weights: str | Path, *,
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "entry"
         raise ZooError(f"teacher '{name}': {field}: {err['msg']}") from None
-    check_state(entry, probe, state)
+    given = (f"--classes gives {len(classes)} classes" if classes else
+             f"--class-ids gives {len(class_ids)} classes" if class_ids else
+             f"the checkpoint's head suggests {count} classes")
+    check_state(entry, probe, state, where=f"teacher '{name}' ({weights})", count_from=given)
     probe.load_state_dict(state, strict=True)
     dry_forward(entry, probe)
 

@@ -189,11 +189,11 @@ def _build(out: Path, record: dict[str, Any], plans: list[TeacherPlan], options:
             entry = _train_teacher(plan, splits[plan.dataset], options, archs, out, device, on_epoch)
             manifest.teachers.insert(_position(manifest, plans, plan), entry)
             save_manifest(out, manifest)
-            bar.advance(t_task)
             console.print(f"{entry.name}: {entry.arch} on {entry.dataset} "
                           f"[{', '.join(entry.class_names)}] held-out "
                           f"{entry.heldout_accuracy:.1%} (epoch {entry.train['best_epoch']}, "
                           f"{entry.train['seconds']:.0f}s)", markup=False, highlight=False)
+            bar.advance(t_task)  # after the teacher's line: the count includes it
     return manifest
 
 

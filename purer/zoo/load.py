@@ -67,14 +67,22 @@ def build_model(entry: TeacherEntry) -> nn.Module:
                        f"{entry.arch_kwargs}: {type(exc).__name__}: {exc}") from None
 
 
-def check_state(entry: TeacherEntry, model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Raise a one-line ZooError unless ``state`` fits ``model`` exactly."""
+def check_state(entry: TeacherEntry, model: nn.Module, state: dict[str, Tensor], *,
+                where: str | None = None, count_from: str | None = None) -> None:
+    """Raise a one-line ZooError unless ``state`` fits ``model`` exactly.
+
+    ``where`` names the teacher in messages and ``count_from`` says who gave
+    its class count (default: the zoo's zoo.json), so that `zoo add` speaks of
+    the options and the file the user gave, not of a zoo.json not yet written.
+    """
+    label = where or entry.where()
+    count_from = count_from or f"zoo.json says {entry.num_classes} classes"
     expected = model.state_dict()
     arch = f"'{entry.arch}'" + (f" {entry.arch_kwargs}" if entry.arch_kwargs else "")
     heads = head_parameter_names(model)
     for key in sorted(heads):
         if key in state and key in expected and state[key].shape[:1] != expected[key].shape[:1]:
-            raise ZooError(f"{entry.where()}: zoo.json says {entry.num_classes} classes but the "
+            raise ZooError(f"{label}: {count_from} but the "
                            f"head '{key}' in the weights has {state[key].shape[0]} outputs")
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -84,18 +92,18 @@ def check_state(entry: TeacherEntry, model: nn.Module, state: dict[str, Tensor])
             parts.append(f"{len(missing)} missing (e.g. '{missing[0]}')")
         if extra:
             parts.append(f"{len(extra)} unexpected (e.g. '{extra[0]}')")
-        raise ZooError(f"{entry.where()}: weights do not match architecture {arch}: "
+        raise ZooError(f"{label}: weights do not match architecture {arch}: "
                        f"{', '.join(parts)} keys")
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ZooError(f"{entry.where()}: '{key}' has shape {tuple(state[key].shape)} in the "
+            raise ZooError(f"{label}: '{key}' has shape {tuple(state[key].shape)} in the "
                            f"weights but {tuple(value.shape)} in {arch}")
         if state[key].dtype.is_floating_point != value.dtype.is_floating_point:
-            raise ZooError(f"{entry.where()}: '{key}' has dtype {state[key].dtype}, "
+            raise ZooError(f"{label}: '{key}' has dtype {state[key].dtype}, "
                            f"expected {value.dtype}")
     for key, value in state.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ZooError(f"{entry.where()}: weight '{key}' holds NaN or infinite values")
+            raise ZooError(f"{label}: weight '{key}' holds NaN or infinite values")
 
 
 @torch.no_grad()

@@ -69,6 +69,14 @@ def test_every_sub_command_has_help(path, purer_host):
     assert "-h, --help" in result.output
 
 
+def test_listings_show_whole_summaries(purer_host):
+    # click's default summary stops at "Alg." or 45 characters
+    listing = " ".join(invoke("--help").output.split())
+    assert "Meta-train a meta-model from a teacher zoo (PURER, Alg. 1)." in listing
+    assert "baselines on the same tasks." in listing
+    assert "..." not in listing.split("Commands:")[1]
+
+
 def test_short_help_option(purer_host):
     assert invoke("config", "show", "-h").output == invoke("config", "show", "--help").output
 
@@ -120,8 +128,10 @@ def test_choosing_a_plugin_on_the_command_line_drops_the_presets_options(purer_h
 def test_config_presets_lists_the_shipped_presets(purer_host):
     result = invoke("config", "presets")
     assert result.exit_code == 0
-    assert result.output.split() == preset_names()
-    assert "quickstart" in result.output.split()
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines] == preset_names()
+    quickstart = next(line for line in lines if line.startswith("quickstart "))
+    assert "synthetic-shapes" in quickstart  # a description, not just the name
 
 
 # --------------------------------------------------------------------- errors

@@ -152,3 +152,28 @@ def test_icfil_reaches_high_accuracy_on_a_separable_task():
     result = evaluate(learner, tasks, split, "cpu", calibrator=icfil, batch_tasks=4)
     assert result.n_tasks == 4
     assert result.accuracy >= 95.0
+
+
+def test_icfil_on_worker_threads_matches_one_thread_and_any_batch_size(split):
+    # Each task seeds its own noise and jitter from its position in the stream,
+    # so neither the worker that ran it nor the batch it came in changes a number.
+    learner = learner_for()
+    batch = next(make_task_list(split, 5, 1, 2, 4, seed=5).batches(split, "cpu", 4))
+    params = stacked_adaptation(learner, batch)
+    options = {"synthesis_steps": 2, "pseudo_per_class": 1, "head_steps": 5, "batching": "loop"}
+    inputs = (batch.support, batch.support_labels, batch.query)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers with one intra-op thread each
+    try:
+        one = make_icfil(**options, cpu_workers=1).predict_tasks(learner, params, *inputs)
+        icfil = make_icfil(**options, cpu_workers=2)
+        two = icfil.predict_tasks(learner, params, *inputs)
+        assert icfil.pool.workers == 2 and icfil.replicas  # it did run on the pool
+        halves = make_icfil(**options, cpu_workers=2)
+        split_up = torch.cat([halves.predict_tasks(learner, {k: v[part] for k, v in params.items()},
+                                                   *(x[part] for x in inputs))
+                              for part in (slice(0, 2), slice(2, 4))])
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(split_up, one, rtol=1e-4, atol=1e-4)

@@ -529,6 +529,18 @@ def test_cli_data_show_prints_splits_and_writes_a_grid(cli, tmp_path, readers_on
         assert word in result.output
     with Image.open(out) as picture:
         assert picture.size[0] > picture.size[1] * 0.5  # 3 columns x 4 rows
+    assert f"picture of meta_train: {out.resolve()}" in result.output
+
+
+def test_cli_data_show_puts_its_picture_in_a_named_folder(cli, tmp_path, readers_only,
+                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["data", "show", "synthetic-shapes", "--split", "meta_val",
+                                      "--set", "images_per_class=5", "--classes", "2"])
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "runs" / "data" / "synthetic-shapes-meta_val.png"
+    assert picture.is_file() and not list(tmp_path.glob("*.png"))
+    assert str(picture.resolve()) in result.output
 
 
 def test_cli_data_show_lists_missing_splits(cli, tmp_path, readers_only):

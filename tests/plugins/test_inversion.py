@@ -169,6 +169,20 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     assert inverter._compiled is None  # later steps go straight to the eager loss
 
 
+def test_compiling_is_announced_once_with_its_time(monkeypatch, capsys):
+    teachers = [make_teacher(0, [0, 1])]
+    inverter = make_inverter(teachers, jitter=0, compile=True)
+    eager = {"teacher": inverter._teacher_loss, "group": inverter._group_loss}
+    monkeypatch.setattr(inverter, "_compiled", eager)  # what runs is not the point here
+    for _ in range(3):
+        inverter.inversion_loss()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" with ")[0] for line in lines if "compiling" in line] == [
+        "inverter.compile: compiling the teacher inversion loss"]
+    assert "about a minute" in lines[0]
+    assert sum("compiled in" in line for line in lines) == 1
+
+
 def test_total_variation_sums_four_directions():
     x = torch.zeros(1, 1, 3, 3)
     x[0, 0, 1, 1] = 1.0

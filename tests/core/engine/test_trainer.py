@@ -21,9 +21,10 @@ def run_cli(*args: str) -> None:
     assert code == 0, f"purer {' '.join(args)} exited with {code}"
 
 
-def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo):
+def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo, capsys):
     config = write_config(tmp_path, tiny_zoo)
     run_cli("run", "--config", str(config), "--name", "r", "--no-eval")
+    log = capsys.readouterr().err
     run = tmp_path / "runs" / "r"
     rows = metrics(run)
     assert [r["step"] for r in rows] == list(range(1, 13))
@@ -31,6 +32,9 @@ def test_run_logs_checkpoints_and_pictures(tmp_path, tiny_zoo):
         assert key in rows[0]
     assert [r["step"] for r in rows if "val_accuracy" in r] == [4, 8, 12]
     assert any(r["switch"] for r in rows)  # start=2: fires at step 3 (reference rule)
+    fired = sum(r["switch"] for r in rows)  # the last progress line counts them all
+    last = [line for line in log.splitlines() if line.startswith("meta-train: 12/12")][-1]
+    assert f"fired on {fired} step" in last and "elapsed" in last
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 12
     state, info = load_state(run / "checkpoints", "best")
     assert info["step"] in (4, 8, 12)

@@ -217,3 +217,33 @@ def test_eval_and_table_commands(tmp_path):
     table = runner.invoke(build_cli(), ["table", str(run.path)])
     assert table.exit_code == 0, table.output
     assert "| purer+icfil |" in table.output and "5-way 2-shot" in table.output
+
+
+def test_a_calibrator_sets_the_threads_of_adaptation_and_calibration(split):
+    from purer.interfaces import Calibrator
+
+    seen = []
+
+    class OneThread(Calibrator):
+        def threads(self):
+            return 1
+
+        def predict(self, learner, params, support, support_labels, query):
+            seen.append(torch.get_num_threads())
+            return learner.predict(params, query)
+
+    torch.manual_seed(0)
+    learner = get_host().create("meta_learner", "maml", {})
+    learner.setup(create_model("conv4", num_classes=5, width=8), torch.device("cpu"))
+    adapt = learner.test_adapt
+    learner.test_adapt = lambda *a, **k: (seen.append(torch.get_num_threads()), adapt(*a, **k))[1]
+    tasks = make_task_list(split, 5, 1, 2, 2, seed=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate(learner, tasks, split, "cpu", calibrator=OneThread(), batch_tasks=2)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}  # adaptation and calibration on one thread
+    assert after == 2  # and the caller's count back afterwards

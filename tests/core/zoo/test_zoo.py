@@ -415,9 +415,20 @@ def test_add_refuses_pickled_objects(tmp_path: Path) -> None:
 
 def test_add_rejects_weights_of_another_shape(tmp_path: Path) -> None:
     save_file(_tiny_state(width=8), str(tmp_path / "w8.safetensors"))
-    with pytest.raises(ZooError, match=r"teacher 'w8' \(w8.safetensors\): 'blocks.0.conv.weight' "
+    with pytest.raises(ZooError, match=r"teacher 'w8' \(.*w8.safetensors\): 'blocks.0.conv.weight' "
                                        r"has shape \(8, 3, 3, 3\)"):
         add_teacher(tmp_path / "zoo", "conv4", tmp_path / "w8.safetensors", classes=list("abc"))
+
+
+def test_add_speaks_of_the_options_given_not_of_a_zoo_json(tmp_path: Path) -> None:
+    weights = tmp_path / "five.safetensors"
+    save_file(_tiny_state(classes=5), str(weights))
+    with pytest.raises(ZooError) as caught:
+        add_teacher(tmp_path / "zoo", "conv4", weights, classes=list("abc"),
+                    arch_kwargs={"width": 8})
+    message = str(caught.value)
+    assert message.startswith(f"teacher 'five' ({weights}): --classes gives 3 classes but the head")
+    assert "zoo.json" not in message and "5 outputs" in message
 
 
 # ------------------------------------------------------------------------ CLI

@@ -1,0 +1,19 @@
+"""Pictures a run writes: the val curve names both of its axes."""
+
+from __future__ import annotations
+
+from PIL import Image, ImageChops
+
+from purer.pictures import save_curve
+
+
+def test_val_curve_labels_its_x_axis(tmp_path):
+    steps, accs = [50, 100, 150, 200], [60.0, 70.0, 72.0, 71.0]
+    plain = save_curve(steps, accs, tmp_path / "plain.png", ylabel="acc %")
+    labelled = save_curve(steps, accs, tmp_path / "labelled.png", ylabel="acc %",
+                          xlabel="outer step")
+    with Image.open(plain) as a, Image.open(labelled) as b:
+        box = ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox()
+        height = a.height
+    assert box is not None  # the label is drawn ...
+    assert box[1] > height - 30  # ... below the axis and its tick labels
