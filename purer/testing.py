@@ -137,7 +137,9 @@ def build_tiny_zoo(out: str | Path, scenario: str = "ss", archs: Sequence[str] =
     from purer.config import ZooBuildOptions
     from purer.zoo.build import build_zoo
 
-    kwargs = {a: dict(TINY_ARCH_KWARGS[a]) for a in archs if a in TINY_ARCH_KWARGS}
+    # the caller's arch_kwargs (flat or per architecture) replace the tiny widths
+    kwargs = options.pop("arch_kwargs", None) or {
+        a: dict(TINY_ARCH_KWARGS[a]) for a in archs if a in TINY_ARCH_KWARGS}
     opts = ZooBuildOptions(scenario=scenario, teachers=teachers, arch=list(archs),
                            arch_kwargs=kwargs, epochs=epochs, batch_size=64, **options)
     # Tiny models gain nothing from intra-op threads, and on a busy machine

@@ -110,6 +110,11 @@ def test_augment_batch_crops_and_flips() -> None:
 
 
 # ----------------------------------------------------------------- tiny zoo
+def test_build_tiny_zoo_takes_the_callers_arch_kwargs(tmp_path: Path) -> None:
+    zoo = build_tiny_zoo(tmp_path / "zoo", teachers=1, arch_kwargs={"conv4": {"width": 4}})
+    assert load_manifest(zoo).teachers[0].arch_kwargs == {"width": 4}
+
+
 def test_tiny_zoo_manifest(tiny_zoo: Path) -> None:  # noqa: F811
     manifest = load_manifest(tiny_zoo)
     split = tiny_meta_train("synthetic-shapes")
