@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from purer.config import build_config, to_toml
+import torch
+
+from purer.config import RunConfig, build_config, to_toml
 from purer.plugins import get_host
 
 TINY = {
@@ -67,3 +69,23 @@ def run_purer(*args: str, command: list[str] = PURER, env: dict | None = None,
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def stopped_and_resumed(config: RunConfig, stop_after: int, name: str = "part") -> Path:
+    """Run ``config`` as run ``name`` up to step ``stop_after``, then finish it
+    in a new trainer resumed from the checkpoint; the run's folder."""
+    from purer.pipeline.build import build_trainer
+    from purer.rundir import RunDir
+
+    config = config.model_copy(deep=True)
+    config.name = name
+    run = RunDir.create(config)
+    first = build_trainer(config, run, torch.device("cpu"))
+    first.config.train.steps = stop_after
+    first.train()
+    second = build_trainer(RunDir.open(run.path).load_config(), RunDir.open(run.path),
+                           torch.device("cpu"))
+    second.resume()
+    assert second.step == stop_after
+    second.train()
+    return run.path

@@ -9,13 +9,12 @@ import logging
 import pytest
 import torch
 from purer_plugins.learners.maml import MAML
-from run_helpers import metrics, write_config
+from run_helpers import metrics, stopped_and_resumed, write_config
 from torch import nn
 
 from purer.engine import checkpoint as ckpt
 from purer.engine.pseudo_episodes import OwnerTable, sample_pseudo_episodes
 from purer.errors import ConfigError
-from purer.pipeline.build import build_trainer
 from purer.rundir import RunDir
 from purer.testing import TINY_SPACE as SPACE
 from purer.testing import inversion_loss, run_purer, setup_inverter
@@ -199,16 +198,7 @@ def test_purer_run_with_a_generator_inverter_trains_and_resumes_exactly(name, tm
 
     config = RunDir.open(whole).load_config()
     assert config.inverter.name == name
-    part = config.model_copy(deep=True)
-    part.name = "part"
-    run = RunDir.create(part)
-    first = build_trainer(part, run, torch.device("cpu"))
-    first.config.train.steps = 3
-    first.train()
-    second = build_trainer(RunDir.open(run.path).load_config(), RunDir.open(run.path), torch.device("cpu"))
-    second.resume()
-    second.train()
-    assert metrics(run.path) == rows
+    assert metrics(stopped_and_resumed(config, 3)) == rows
 
 
 def test_bad_generator_options_are_one_line_errors(tmp_path, tiny_zoo, capsys):

@@ -7,14 +7,13 @@ import json
 
 import pytest
 import torch
-from run_helpers import metrics, write_config
+from run_helpers import metrics, stopped_and_resumed, write_config
 
 from purer.config import build_config
 from purer.data.episodes import make_task_list
 from purer.engine.checkpoint import load_state
 from purer.evaluation.evaluator import evaluate
 from purer.models import create_model
-from purer.pipeline.build import build_trainer
 from purer.pipeline.compare import score_methods
 from purer.pipeline.final import load_meta_learner
 from purer.pipeline.real_data import train_on_real_data
@@ -49,18 +48,7 @@ def test_purer_run_meta_trains_and_resumes_exactly(name, tmp_path, tiny_zoo):
         assert torch.equal(value, state["learned"][key])
 
     # stop after step 3, resume in a new trainer
-    run_config = RunDir.open(whole).load_config()
-    part_config = run_config.model_copy(deep=True)
-    part_config.name = "part"
-    run = RunDir.create(part_config)
-    first = build_trainer(part_config, run, torch.device("cpu"))
-    first.config.train.steps = 3
-    first.train()
-    second = build_trainer(RunDir.open(run.path).load_config(), RunDir.open(run.path), torch.device("cpu"))
-    second.resume()
-    assert second.step == 3
-    second.train()
-    assert metrics(run.path) == rows
+    assert metrics(stopped_and_resumed(RunDir.open(whole).load_config(), 3)) == rows
 
 
 def test_bad_learner_options_are_one_line_errors(tmp_path, tiny_zoo, capsys):
