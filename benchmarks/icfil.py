@@ -39,6 +39,7 @@ from purer.data import read_split
 from purer.data.episodes import make_task_list
 from purer.evaluation.evaluator import EvalResult, evaluate
 from purer.interfaces import MetaLearner
+from purer.parallel import intra_op_threads
 from purer.pipeline.build import build_calibrator, build_meta_learner, build_meta_model
 from purer.rundir import resolve_device
 
@@ -117,13 +118,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def run(name: str) -> EvalResult:
         calibrator = build_calibrator(sections[name], config.inversion)  # fresh noise streams
-        caller = torch.get_num_threads()
-        torch.set_num_threads(threads[name])
         try:
-            return evaluate(learner, tasks, split, device, calibrator, e.batch_tasks,
-                            description=f"icfil {name}")
+            with intra_op_threads(threads[name]):
+                return evaluate(learner, tasks, split, device, calibrator, e.batch_tasks,
+                                description=f"icfil {name}")
         finally:
-            torch.set_num_threads(caller)
             if getattr(calibrator, "pool", None) is not None:
                 calibrator.pool.close()
 

@@ -150,27 +150,19 @@ class _GatherRows(torch.autograd.Function):
         return None, None, stacked[world.rank, : counts[world.rank]]
 
 
-_WORLD = World()
-
-
-def current_world() -> World:
-    """The world :func:`init_world` joined (one process when it was not called)."""
-    return _WORLD
-
-
 def launched() -> bool:
     """Whether torchrun (or ``purer run --nproc``) started this process."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
 def init_world(device: str = "auto") -> World:
-    """Join the process group torchrun set up, once; the one-process world
-    otherwise. ``device``: the run's device setting, for the backend (NCCL
-    for CUDA, gloo otherwise). ``PURER_DIST_TIMEOUT`` (seconds) bounds how
-    long a collective waits for a peer."""
-    global _WORLD
+    """Join the process group torchrun set up (once per process: torch keeps
+    it); the one-process world otherwise. ``device``: the run's device
+    setting, for the backend (NCCL for CUDA, gloo otherwise).
+    ``PURER_DIST_TIMEOUT`` (seconds) bounds how long a collective waits for
+    a peer."""
     if not launched():
-        return _WORLD
+        return World()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if size > 1 and not torch.distributed.is_initialized():
@@ -180,16 +172,13 @@ def init_world(device: str = "auto") -> World:
         timeout = float(os.environ.get("PURER_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
         torch.distributed.init_process_group("nccl" if cuda else "gloo",
                                              timeout=timedelta(seconds=timeout))
-    _WORLD = World(rank, size, local_rank)
-    return _WORLD
+    return World(rank, size, local_rank)
 
 
 def finish_world() -> None:
     """Leave the process group (at the end of a command)."""
-    global _WORLD
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    _WORLD = World()
 
 
 def local_device(device: torch.device, world: World) -> torch.device:

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Annotated, Literal, TypeVar
 
 import torch
@@ -58,6 +59,20 @@ def resolve_workers(workers: Workers, device: torch.device) -> int:
     if workers == "auto":
         return min(torch.get_num_threads(), MAX_AUTO_WORKERS)
     return max(1, int(workers))
+
+
+@contextmanager
+def intra_op_threads(count: int | None) -> Iterator[None]:
+    """Run the block on ``count`` intra-op threads of this thread (``None``:
+    as they are), then give the caller back its own count."""
+    caller = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count is not None:
+            torch.set_num_threads(caller)
 
 
 def copy_sharing_tensors(obj: T, module: torch.nn.Module) -> T:

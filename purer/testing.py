@@ -23,6 +23,7 @@ from torch import nn
 
 from purer.interfaces import Inverter
 from purer.inversion import InversionLoss
+from purer.parallel import intra_op_threads
 from purer.types import ClassBank, EpisodeBatch, InputSpace, SplitData, Teacher, find_bn_layers
 
 # Tiny widths that keep the real topologies (and BN layers) of each backbone.
@@ -144,12 +145,8 @@ def build_tiny_zoo(out: str | Path, scenario: str = "ss", archs: Sequence[str] =
                            arch_kwargs=kwargs, epochs=epochs, batch_size=64, **options)
     # Tiny models gain nothing from intra-op threads, and on a busy machine
     # OpenMP threads that wait on each other make them many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         build_zoo(opts, data, None, Path(out), "cpu", loader=loader or tiny_meta_train)
-    finally:
-        torch.set_num_threads(threads)
     return Path(out)
 
 

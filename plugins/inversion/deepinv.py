@@ -56,6 +56,20 @@ class _Group:
     state: dict[str, Tensor] | None = None
 
 
+def jitter_pixels(sizes: Sequence[int], jitter: int, generator: torch.Generator) -> Tensor:
+    """Per image size, the pixel order of a random circular shift of at most
+    ``jitter`` pixels, as indices into the flattened ``H * W`` image (one
+    gather instead of a row and a column one), all sizes' concatenated."""
+    shifts = (torch.randint(-jitter, jitter + 1, (len(sizes), 2), generator=generator)
+              if jitter else torch.zeros(len(sizes), 2, dtype=torch.long))
+    out = []
+    for size, (dy, dx) in zip(sizes, shifts):
+        line = torch.arange(size)
+        rows, cols = (line - dy) % size, (line - dx) % size
+        out.append((rows.view(-1, 1) * size + cols.view(1, -1)).reshape(-1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 class DeepInversion(Inverter):
     """Learnable memory per teacher, updated with the summed inversion loss."""
 
@@ -272,15 +286,7 @@ class DeepInversion(Inverter):
         random circular shift as indices into the flattened ``H * W`` image
         (one gather instead of a row and a column one: half the cost, same
         result), all teachers' concatenated."""
-        j = self.options.jitter
-        draws = (torch.randint(-j, j + 1, (len(self.drawn), 2), generator=self.generator)
-                 if j else torch.zeros(len(self.drawn), 2, dtype=torch.long))
-        out = []
-        for size, (dy, dx) in zip(self.drawn, draws):
-            line = torch.arange(size)
-            rows, cols = (line - dy) % size, (line - dx) % size
-            out.append((rows.view(-1, 1) * size + cols.view(1, -1)).reshape(-1))
-        return {"pixels": torch.cat(out)}
+        return {"pixels": jitter_pixels(self.drawn, self.options.jitter, self.generator)}
 
     # ------------------------------------------------------------ episodes and pictures
     def bank(self, space: InputSpace, *, detach: bool) -> ClassBank:

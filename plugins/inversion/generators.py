@@ -24,6 +24,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from purer_plugins.inversion import GeneratorOptions, MetaGeneratorOptions
+from purer_plugins.inversion.deepinv import jitter_pixels
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -74,18 +75,6 @@ class ConditionalGenerator(nn.Module):
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return x
-
-
-def _jitter_pixels(sizes: Sequence[int], jitter: int, generator: torch.Generator) -> Tensor:
-    """Per image size, the pixel order of a random circular shift (as in
-    ``deepinv``: one gather of the flattened image), concatenated."""
-    shifts = (torch.randint(-jitter, jitter + 1, (len(sizes), 2), generator=generator)
-              if jitter else torch.zeros(len(sizes), 2, dtype=torch.long))
-    out = []
-    for size, (dy, dx) in zip(sizes, shifts):
-        line = torch.arange(size)
-        out.append((((line - dy) % size).view(-1, 1) * size + ((line - dx) % size).view(1, -1)).reshape(-1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 class _GeneratedData(Inverter):
@@ -154,7 +143,7 @@ class _GeneratedData(Inverter):
     def inversion_loss(self) -> tuple[Tensor, dict[str, Tensor]]:
         """The summed loss of the current data (no jitter): what the
         teachers make of the images :meth:`bank` returns (before replay)."""
-        no_jitter = _jitter_pixels([t.space.size for t in self.teachers], 0, self.generator)
+        no_jitter = jitter_pixels([t.space.size for t in self.teachers], 0, self.generator)
         pixels = no_jitter.to(self.device).split([t.space.size ** 2 for t in self.teachers])
         results = [self._teacher_loss(k, self.images[k], pixels[k]) for k in range(len(self.teachers))]
         return sum(r[0] for r in results), dict(zip(self.inversion.names, sum(r[1] for r in results).unbind()))
@@ -230,7 +219,7 @@ class GeneratorInverter(_GeneratedData):
 
     def draw(self) -> dict[str, Tensor]:
         noise = torch.cat([self._noise(k) for k in range(len(self.teachers))])
-        return {"noise": noise, "pixels": _jitter_pixels([t.space.size for t in self.teachers],
+        return {"noise": noise, "pixels": jitter_pixels([t.space.size for t in self.teachers],
                                                          self.options.jitter, self.generator)}
 
     def step(self, extra_loss: Tensor | None, draws: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -359,7 +348,7 @@ class MetaGenerator(_GeneratedData):
         noise = torch.cat([self._noise(int(k)) for k in chosen])
         sizes = [self.teachers[int(k)].space.size for k in chosen for _ in range(self.options.adapt_steps)]
         return {"teachers": chosen, "noise": noise,
-                "pixels": _jitter_pixels(sizes, self.options.jitter, self.generator)}
+                "pixels": jitter_pixels(sizes, self.options.jitter, self.generator)}
 
     def adapt(self, k: int, noise: Tensor, pixels: Sequence[Tensor], steps: int | None = None,
               first_grads: Sequence[Tensor | None] | None = None

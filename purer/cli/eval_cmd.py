@@ -70,18 +70,14 @@ def register(cli: click.Group) -> None:
         config = build_config(run.load_config().model_dump(mode="json"),
                               options_layer(given, EVAL_OPTIONS), assignments=assignments,
                               host=get_host())
-        from purer.distributed import finish_world, init_world, local_device
-        from purer.progress import console
+        from purer.cli.launch import joined_world
+        from purer.distributed import local_device
 
-        world = init_world(config.device)  # under torchrun the ranks share the tasks
-        world.check_same("the evaluation configuration", config.model_dump_json())
-        if not world.is_main:
-            console.quiet = True
-        try:
+        # under torchrun the ranks share the tasks
+        with joined_world(config.device, "the evaluation configuration",
+                          config.model_dump_json()) as world:
             final_evaluation(run, config, None, local_device(resolve_device(config.device), world),
                              which=which, world=world)
-        finally:
-            finish_world()
 
     @cli.command("table")
     @click.argument("run_dirs", nargs=-1, required=True,

@@ -5,9 +5,14 @@ rank into one line (docs/distributed.md)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from purer.errors import PurerError
+
+if TYPE_CHECKING:
+    from purer.distributed import World
 
 # The command line of the running ``purer`` (set by ``purer.cli.main.main``).
 ARGS: list[str] = []
@@ -28,6 +33,36 @@ def without_nproc(args: Sequence[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             out.append(arg)
     return out
+
+
+def relaunched(nproc: int | None) -> bool:
+    """With ``--nproc N`` (N > 1) outside torchrun: run this command on N
+    local ranks instead, and say so (the caller then returns)."""
+    from purer.distributed import launched
+
+    if nproc is None or nproc < 2 or launched():
+        return False
+    relaunch(nproc, ARGS)
+    return True
+
+
+@contextmanager
+def joined_world(device: str, what: str, fingerprint: str) -> Iterator[World]:
+    """This process's world for one command (one process unless torchrun
+    started it): the ranks check that they run the same ``what`` (by its
+    ``fingerprint``), only rank 0 talks, and the process group is left at
+    the end."""
+    from purer.distributed import finish_world, init_world
+    from purer.progress import console
+
+    world = init_world(device)
+    try:
+        world.check_same(what, fingerprint)
+        if not world.is_main:
+            console.quiet = True
+        yield world
+    finally:
+        finish_world()
 
 
 def relaunch(nproc: int, args: Sequence[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import click
@@ -38,25 +39,21 @@ def register(cli: click.Group) -> None:
         dataset, a small cached zoo, a short ECI run and a table comparing
         PURER with Random and Average initialisation on the same test tasks.
         """
-        from purer.distributed import finish_world, launched
+        from purer.cli.launch import relaunched
         from purer.errors import ConfigError
         from purer.rundir import RunDir
 
-        if nproc is not None and nproc > 1 and not launched():
-            from purer.cli.launch import ARGS, relaunch
-
-            relaunch(nproc, ARGS)
+        if relaunched(nproc):
             return
         if resume_dir:
             run_dir = RunDir.open(resume_dir)
-            world = _join(run_dir.load_config())
-            if world.is_main:
-                run_dir.claim()
-            try:
-                _resume(run_dir, evaluate, force, kwargs, world)
-            finally:
-                run_dir.release()
-                finish_world()
+            with _joined(run_dir.load_config()) as world:
+                if world.is_main:
+                    run_dir.claim()
+                try:
+                    _resume(run_dir, evaluate, force, kwargs, world)
+                finally:
+                    run_dir.release()
             return
         if force:
             raise ConfigError("--force: only applies with --resume")
@@ -64,34 +61,27 @@ def register(cli: click.Group) -> None:
         from purer.pipeline.compare import check_baselines
 
         config = absolute_paths(config_from_cli(kwargs))
-        world = _join(config)
-        no_eval = evaluate is False
-        if not no_eval:
-            check_baselines(config.eval.baselines)  # before training, not after
-        run_dir = RunDir.create(config) if world.is_main else None
-        if world.distributed:  # the others write nothing: rank 0's folder, by name
-            path = world.broadcast_object(str(run_dir.path) if run_dir is not None else None)
-            run_dir = run_dir or RunDir.open(path)
-        try:
-            if world.is_main:
-                run_dir.save_flags({"no_eval": no_eval})
-            _train(run_dir, config, resumed=False, no_eval=no_eval, world=world)
-        finally:
-            run_dir.release()
-            finish_world()
+        with _joined(config) as world:
+            no_eval = evaluate is False
+            if not no_eval:
+                check_baselines(config.eval.baselines)  # before training, not after
+            run_dir = RunDir.create(config) if world.is_main else None
+            if world.distributed:  # the others write nothing: rank 0's folder, by name
+                path = world.broadcast_object(str(run_dir.path) if run_dir is not None else None)
+                run_dir = run_dir or RunDir.open(path)
+            try:
+                if world.is_main:
+                    run_dir.save_flags({"no_eval": no_eval})
+                _train(run_dir, config, resumed=False, no_eval=no_eval, world=world)
+            finally:
+                run_dir.release()
 
 
-def _join(config: RunConfig) -> World:
-    """This process's world (one process unless torchrun started it); the
-    ranks check that they run one configuration, and only rank 0 talks."""
-    from purer.distributed import init_world
-    from purer.progress import console
+def _joined(config: RunConfig) -> AbstractContextManager[World]:
+    """The world of a run of ``config`` (see :func:`purer.cli.launch.joined_world`)."""
+    from purer.cli.launch import joined_world
 
-    world = init_world(config.device)
-    world.check_same("the run configuration", config.model_dump_json())
-    if not world.is_main:
-        console.quiet = True
-    return world
+    return joined_world(config.device, "the run configuration", config.model_dump_json())
 
 
 def _resume(run_dir: RunDir, evaluate: bool | None, force: bool, given: dict,

@@ -75,12 +75,9 @@ def register(cli: click.Group) -> None:
               extra_data: tuple[str, ...], device: str, out: str | None, nproc: int | None,
               **given: Any) -> None:
         """Train a zoo of teachers (method.md §1); an interrupted build resumes."""
-        from purer.distributed import launched
+        from purer.cli.launch import joined_world, relaunched
 
-        if nproc is not None and nproc > 1 and not launched():
-            from purer.cli.launch import ARGS, relaunch
-
-            relaunch(nproc, ARGS)
+        if relaunched(nproc):
             return
         from purer.config import ZooBuildOptions
         from purer.zoo.build import build_zoo
@@ -98,17 +95,10 @@ def register(cli: click.Group) -> None:
             err = exc.errors()[0]
             raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
         target = Path(out or f"zoos/{data}-{options.scenario}")
-        from purer.distributed import finish_world, init_world
-        from purer.progress import console
-
-        world = init_world(device)  # several processes under torchrun (docs/distributed.md)
-        world.check_same("the zoo build", f"{options.model_dump_json()} {data} {root} {target}")
-        if not world.is_main:
-            console.quiet = True
-        try:
+        # several processes under torchrun (docs/distributed.md)
+        with joined_world(device, "the zoo build",
+                          f"{options.model_dump_json()} {data} {root} {target}") as world:
             manifest = build_zoo(options, data, root, target, device, world=world)
-        finally:
-            finish_world()
         if world.is_main:
             click.echo(f"{target}: {len(manifest.teachers)} teachers")
 

@@ -374,6 +374,15 @@ class ECITrainer:
         return (f"loss {r['outer_loss']:.3f} acc {100 * r['train_accuracy']:.1f}% "
                 f"switch {switch}{fired}{val}")
 
+    def _per_teacher(self, mine: list[Any]) -> list[Any]:
+        """One value per teacher of the zoo, from each rank's values for the
+        teachers it owns (a collective: every rank calls it)."""
+        everyone: list[Any] = [None] * len(self.teachers)
+        for own, values in self.world.gather_objects((self.own, mine)):
+            for k, value in zip(own, values):
+                everyone[k] = value
+        return everyone
+
     def guard(self, record: dict[str, Any]) -> None:
         """Stop on NaN/Inf or an exploding memory, before anything is saved.
 
@@ -394,10 +403,7 @@ class ECITrainer:
         read = torch.stack([x.detach().abs().amax().float()
                             for x in [*images, *tensors.values()]]).tolist()
         if self.sharded:  # every rank judges every teacher's memory alike
-            maxima = [0.0] * len(self.teachers)
-            for own, values in self.world.gather_objects((self.own, read[:len(images)])):
-                for k, value in zip(own, values):
-                    maxima[k] = value
+            maxima = self._per_teacher(read[:len(images)])
             read = maxima + read[len(images):]
             images = maxima
         for teacher, value in zip(self.teachers, read):
@@ -439,14 +445,14 @@ class ECITrainer:
                           batch_tasks=self.config.eval.batch_tasks, description="meta-val",
                           world=self.world)
         self.val_history.append((step, result.accuracy))
-        if result.accuracy > self.best["val_accuracy"]:
+        improved = result.accuracy > self.best["val_accuracy"]
+        if improved:
             self.best = {"step": step, "val_accuracy": result.accuracy}
-            if not self.world.is_main:
-                return result.accuracy
-            ckpt.save_state(self.run.checkpoints, f"best-{step}", self.meta.test_state_dict(),
-                            pointer="best", info=self.best)
         if not self.world.is_main:
             return result.accuracy
+        if improved:
+            ckpt.save_state(self.run.checkpoints, f"best-{step}", self.meta.test_state_dict(),
+                            pointer="best", info=self.best)
         steps, accs = zip(*self.val_history)
         save_curve(steps, accs, self.run.images / "val_accuracy.png",
                    title="meta-val accuracy", ylabel="acc %", xlabel="outer step")
@@ -505,12 +511,7 @@ class ECITrainer:
         folder = self.run.images / f"memory-step{step:06d}"
         memory = self.inverter.teacher_images()
         if self.sharded:  # rank 0 draws every rank's teachers
-            everyone: list[torch.Tensor] = [torch.empty(0)] * len(self.teachers)
-            for own, shown in self.world.gather_objects((self.own, [x[:, :per_class].cpu()
-                                                                      for x in memory])):
-                for k, x in zip(own, shown):
-                    everyone[k] = x
-            memory = everyone
+            memory = self._per_teacher([x[:, :per_class].cpu() for x in memory])
         if not self.world.is_main:
             return
         for teacher, images in zip(self.teachers, memory):

@@ -31,6 +31,7 @@ from torch import Tensor
 from purer.data.episodes import TaskList
 from purer.distributed import World
 from purer.interfaces import Calibrator, MetaLearner
+from purer.parallel import intra_op_threads
 from purer.progress import progress
 from purer.runtime import warn_if_slow_bf16
 from purer.types import EpisodeBatch, SplitData
@@ -93,11 +94,7 @@ def batch_logits(learner: MetaLearner, batch: EpisodeBatch, calibrator: Calibrat
     if mode != "per_task" and passthrough:
         with torch.no_grad():
             return learner.adapt_and_predict(batch.support, batch.support_labels, batch.query)
-    threads = calibrator.threads() if calibrator is not None else None
-    caller = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(calibrator.threads() if calibrator is not None else None):
         adapted = [learner.test_adapt(batch.support[t], batch.support_labels[t])
                    for t in range(batch.num_episodes)]
         with torch.no_grad():  # calibrators that optimise switch grad on themselves
@@ -107,9 +104,6 @@ def batch_logits(learner: MetaLearner, batch: EpisodeBatch, calibrator: Calibrat
             stacked = {k: torch.stack([a[k] for a in adapted]) for k in adapted[0]}
             return calibrator.predict_tasks(learner, stacked, batch.support,
                                             batch.support_labels, batch.query)
-    finally:
-        if threads is not None:
-            torch.set_num_threads(caller)
 
 
 def _to_channels_last(batch: EpisodeBatch) -> EpisodeBatch:

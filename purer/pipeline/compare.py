@@ -62,8 +62,6 @@ def eval_sources(config: RunConfig, split: SplitData, split_name: str
     other dataset's split is resized into the ``data`` split's input space,
     the meta-model's.
     """
-    from purer.config import PluginSection
-
     if not config.eval.extra_data:
         return [(config.data.name, split, task_lists(config, split, split_name))]
     from purer.zoo.build import parse_extra_data
