@@ -25,6 +25,7 @@ from typing import Any
 
 from purer.config import RunConfig, build_config, load_preset
 from purer.errors import ConfigError
+from purer.evaluation.results import RESULTS_JSON
 from purer.rundir import atomic_write_text
 
 PAPER_START, PAPER_STEPS = 4000, 60000
@@ -239,7 +240,7 @@ def write_configs(plan: Plan) -> dict[str, Path]:
 
 
 def read_rows(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "results.json"
+    path = folder / RESULTS_JSON
     return json.loads(path.read_text()).get("rows", []) if path.is_file() else []
 
 
