@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -89,3 +90,14 @@ def stopped_and_resumed(config: RunConfig, stop_after: int, name: str = "part") 
     assert second.step == stop_after
     second.train()
     return run.path
+
+
+def wait_for_metrics(run: Path, lines: int, timeout_s: float = 240) -> None:
+    """Until the run (in another process) has logged ``lines`` metric lines,
+    or ``timeout_s`` passed (the caller's assertions then tell)."""
+    deadline = time.monotonic() + timeout_s
+    path = run / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            return
+        time.sleep(0.01)

@@ -17,13 +17,20 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from run_helpers import CHILD_ENV, PURER, last_step, metrics, run_purer, write_config
+from run_helpers import (
+    CHILD_ENV,
+    PURER,
+    last_step,
+    metrics,
+    run_purer,
+    wait_for_metrics,
+    write_config,
+)
 
 from purer.cli.launch import without_nproc
 from purer.config import ZooBuildOptions
@@ -98,12 +105,7 @@ def test_sigkill_of_a_rank_stops_the_job_and_resume_replays_it(tmp_path, two_run
                              str(tmp_path / "runs"), "--name", "killed", "--nproc", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=CHILD_ENV)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        path = killed / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.01)
+    wait_for_metrics(killed, 3)
     victim = _rank_pid(proc.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from run_helpers import (
     last_step,
     metrics,
     run_purer,
+    wait_for_metrics,
     write_config,
 )
 
@@ -52,12 +52,7 @@ def test_resume_after_sigkill_replays_the_uninterrupted_run(tmp_path, resume_ref
     proc = subprocess.Popen([*PURER, "run", "--no-eval", "--config", str(resume_reference.config),
                              "--out", str(tmp_path / "runs"), "--name", "killed"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        path = killed / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= 7:
-            break
-        time.sleep(0.01)
+    wait_for_metrics(killed, 7)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     saved = last_step(killed)
