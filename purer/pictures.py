@@ -36,8 +36,10 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 8, pad: int = 2,
 
 
 def save_curve(xs: Sequence[float], ys: Sequence[float], path: str | Path, title: str = "",
-               ylabel: str = "", size: tuple[int, int] = (480, 320), xlabel: str = "") -> Path:
-    """A minimal line plot (axes with their labels, ticks, one curve) as PNG."""
+               ylabel: str = "", size: tuple[int, int] = (480, 320), xlabel: str = "",
+               reference: float | None = None) -> Path:
+    """A minimal line plot (axes with their labels, ticks, one curve) as PNG;
+    ``reference`` adds a dashed horizontal line at that value (a target)."""
     width, height = size
     left, right, top, bottom = 56, 16, 28, 48
     picture = Image.new("RGB", size, "white")
@@ -49,12 +51,18 @@ def save_curve(xs: Sequence[float], ys: Sequence[float], path: str | Path, title
     draw.line([(x0, y0), (x0, y1)], fill="black")
     if xs:
         lo, hi = min(ys), max(ys)
+        if reference is not None:
+            lo, hi = min(lo, reference), max(hi, reference)
         if hi - lo < 1e-9:
             lo, hi = lo - 0.5, hi + 0.5
         xmin, xmax = min(xs), max(xs)
         span = (xmax - xmin) or 1.0
         pts = [(x0 + (x - xmin) / span * (x1 - x0), y0 - (y - lo) / (hi - lo) * (y0 - y1))
                for x, y in zip(xs, ys)]
+        if reference is not None:
+            y_ref = y0 - (reference - lo) / (hi - lo) * (y0 - y1)
+            for start in range(x0, x1, 8):
+                draw.line([(start, y_ref), (min(start + 4, x1), y_ref)], fill=(214, 39, 40))
         if len(pts) > 1:
             draw.line(pts, fill=(31, 119, 180), width=2)
         for p in pts:

@@ -57,8 +57,19 @@ class _PlainProgress:
         tid = len(self.tasks)
         self.tasks[tid] = {"description": description, "total": total, "completed": completed,
                            "fields": fields, "start": self.now(), "start_completed": completed,
-                           "last": None}
+                           "last": None, "first": None}
         return tid
+
+    def reset(self, tid: int, total: float | None = None, completed: float = 0,
+              **fields: Any) -> None:
+        """Restart a task's count and clock (rich's ``Progress.reset``), e.g. the
+        epochs of the next teacher."""
+        task = self.tasks[tid]
+        task.update(completed=completed, start=self.now(), start_completed=completed,
+                    last=None, first=None)
+        if total is not None:
+            task["total"] = total
+        task["fields"].update(fields)
 
     def update(self, tid: int, advance: float = 0, completed: float | None = None,
                total: float | None = None, **fields: Any) -> None:
@@ -69,6 +80,8 @@ class _PlainProgress:
         task["fields"].update(fields)
         done = task["total"] is not None and task["completed"] >= task["total"]
         now = self.now()
+        if task["first"] is None and task["completed"] > task["start_completed"]:
+            task["first"] = (now, task["completed"])
         if console.quiet:  # e.g. a rank other than 0 of a run across processes
             return
         if done or task["last"] is None or now - task["last"] >= self.every_s:
@@ -84,6 +97,10 @@ class _PlainProgress:
             eta = "?"
         elif done >= total:
             eta = "0:00"
+        elif task["first"] is not None and done > task["first"][1]:
+            # the first update also paid the warm-up (compilation, caches): pace since it
+            since, at = task["first"]
+            eta = clock((now - since) / (done - at) * (total - done))
         elif progressed > 0:
             eta = clock(elapsed / progressed * (total - done))
         else:

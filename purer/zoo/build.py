@@ -180,7 +180,8 @@ def _build(out: Path, record: dict[str, Any], plans: list[TeacherPlan], options:
                               status="")
         e_task = bar.add_task("epochs", total=options.epochs, status="")
         for plan in todo:
-            bar.update(e_task, completed=0, status=f"{plan.name} {plan.arch} on {plan.dataset}")
+            bar.reset(e_task, total=options.epochs,
+                      status=f"{plan.name} {plan.arch} on {plan.dataset}")
 
             def on_epoch(epoch: int, acc: float, plan: TeacherPlan = plan) -> None:
                 bar.update(e_task, completed=epoch,

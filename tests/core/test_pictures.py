@@ -17,3 +17,14 @@ def test_val_curve_labels_its_x_axis(tmp_path):
         height = a.height
     assert box is not None  # the label is drawn ...
     assert box[1] > height - 30  # ... below the axis and its tick labels
+
+
+def test_reference_line_is_drawn_in_red_at_its_value(tmp_path):
+    minutes, accs = [5.0, 10.0, 20.0], [30.0, 34.0, 36.0]
+    path = save_curve(minutes, accs, tmp_path / "target.png", reference=40.0)
+    with Image.open(path) as picture:
+        rgb = picture.convert("RGB")
+        red_rows = {y for y in range(rgb.height) for x in range(60, rgb.width - 20, 3)
+                    if rgb.getpixel((x, y)) == (214, 39, 40)}
+    # the target lies above every point: the axis stretches to it, so it is the top row
+    assert red_rows == {28}

@@ -53,6 +53,28 @@ def test_a_resumed_loop_estimates_from_its_own_pace():
     assert "eta 1:30" in out.getvalue()  # 10 steps in 10 s, 90 left
 
 
+def test_the_eta_leaves_out_the_warm_up_of_the_first_update():
+    # a first step that compiled for 60 s must not make 2,000 steps look like hours
+    bar, out, now = plain()
+    task = bar.add_task("meta-train", total=2000, status="")
+    now.t += 60
+    bar.update(task, completed=1)
+    now.t += 10
+    bar.update(task, completed=21)  # then 20 steps in 10 s: 1,979 left take 989.5 s
+    assert out.getvalue().splitlines()[-1] == "meta-train: 21/2000 elapsed 1:10 eta 16:30"
+
+
+def test_reset_restarts_the_count_and_the_clock():
+    bar, out, now = plain()
+    task = bar.add_task("epochs", total=4, status="t000")
+    now.t += 100
+    bar.update(task, completed=4)
+    bar.reset(task, total=4, status="t001")
+    now.t += 5
+    bar.update(task, completed=1)
+    assert out.getvalue().splitlines()[-1] == "epochs: 1/4 elapsed 0:05 eta 0:15 | t001"
+
+
 def test_each_task_keeps_its_own_pace_of_lines():
     # a chatty inner task must not hide the outer task's lines
     bar, out, now = plain(every_s=5.0)
