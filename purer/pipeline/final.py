@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from purer.config import RunConfig
+from purer.config import PluginSection, RunConfig
 from purer.distributed import World
 from purer.engine.checkpoint import load_state
+from purer.errors import ConfigError
 from purer.evaluation.results import ResultRow, print_table, results_document, write_results
 from purer.interfaces import MetaLearner
 from purer.pipeline.build import build_meta_learner, build_meta_model, load_zoo, needs_teachers
@@ -28,16 +29,23 @@ from purer.types import Teacher
 
 
 def load_meta_learner(run_dir: str | Path, which: str = "best",
-                      device: torch.device | str | None = None) -> tuple[MetaLearner, RunConfig, dict]:
+                      device: torch.device | str | None = None,
+                      meta: PluginSection | None = None) -> tuple[MetaLearner, RunConfig, dict]:
     """The meta-learner of a finished (or running) run, with ``which`` weights.
 
-    Returns ``(learner, config, info)``; ``info`` says the step and the val
-    accuracy that selected the checkpoint.
+    ``meta`` replaces the run's own ``[meta]`` section, so that its meta-test
+    options (``test_inner_steps``, ``test_batching``, ...) can differ from
+    training's; the weights still have to fit it. Returns ``(learner, config,
+    info)``; ``info`` says the step and the val accuracy that selected the
+    checkpoint.
     """
     run = RunDir.open(run_dir)
     config = run.load_config()
     device = resolve_device(config.device) if device is None else torch.device(device)
-    learner = build_meta_learner(config.meta, build_meta_model(config.train), device)
+    if meta is not None and meta.name != config.meta.name:
+        raise ConfigError(f"meta.name: the run at {run.path} trained '{config.meta.name}'; "
+                          f"its weights cannot be scored as '{meta.name}'")
+    learner = build_meta_learner(meta or config.meta, build_meta_model(config.train), device)
     state, info = load_state(run.checkpoints, which, device)
     learner.load_state_dict(state["meta"] if "meta" in state else state)
     return learner, config, info
@@ -58,7 +66,7 @@ def final_evaluation(run_dir: RunDir, config: RunConfig, teachers: Sequence[Teac
     """
     world = world if world is not None else World()
     world.barrier()  # rank 0's checkpoints are written
-    learner, _, info = load_meta_learner(run_dir.path, which, device)
+    learner, _, info = load_meta_learner(run_dir.path, which, device, meta=config.meta)
     baselines = list(config.eval.baselines if baselines is None else baselines)
     check_baselines(baselines)
     if teachers is None:

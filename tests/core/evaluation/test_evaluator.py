@@ -219,6 +219,27 @@ def test_eval_and_table_commands(tmp_path):
     assert "| purer+icfil |" in table.output and "5-way 2-shot" in table.output
 
 
+def test_eval_applies_meta_test_options_over_the_run_s_own(tmp_path):
+    # e.g. more inner steps at meta-test than in training: the override must reach the learner
+    from purer.cli.main import build_cli
+
+    run = make_run(tmp_path)
+    runner = CliRunner()
+
+    def purer_accuracy(*assignments: str) -> float:
+        args = ["eval", str(run.path), "--shot", "1", "--baselines", "none"]
+        result = runner.invoke(build_cli(), args + [a for x in assignments for a in ("--set", x)])
+        assert result.exit_code == 0, result.output
+        rows = json.loads((run.path / "results.json").read_text())["rows"]
+        return next(r["accuracy"] for r in rows if r["method"] == "purer")
+
+    plain = purer_accuracy()
+    assert purer_accuracy("meta.test_inner_steps=0") != plain  # no adaptation: predictions change
+    assert purer_accuracy() == plain
+    wrong = runner.invoke(build_cli(), ["eval", str(run.path), "--set", "meta.name=protonet"])
+    assert wrong.exit_code != 0 and "trained 'maml'" in str(wrong.exception)
+
+
 def test_a_calibrator_sets_the_threads_of_adaptation_and_calibration(split):
     from purer.interfaces import Calibrator
 
