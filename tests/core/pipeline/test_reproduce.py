@@ -78,7 +78,7 @@ def test_the_papers_numbers_are_there_for_every_row_it_reports():
 def test_fast_preset_is_a_marked_candidate():
     assert "fast-cifar-fs-1shot" in preset_names()
     text = (Path(__file__).resolve().parents[3] / "purer" / "presets" / "fast-cifar-fs-1shot.toml").read_text()
-    assert "NOT YET TIMED" in text
+    assert "CANDIDATE" in text and "short of 38.66" in text  # says it misses the target
     preset = load_preset("fast-cifar-fs-1shot")
     assert preset["calibrator"]["name"] == "icfil" and preset["train"]["shot"] == 1
 
