@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from purer.engine.checkpoint import point, stems
 from purer.pictures import save_curve
 
 
@@ -56,11 +57,9 @@ def watch(run: Path, into: Path, start: float, pid: int | None) -> None:
 
 
 def _saved_steps(saved: Path) -> list[int]:
-    steps = []
-    for path in saved.glob("best-*.json"):
-        if (saved / f"{path.stem}.safetensors").exists():
-            steps.append(int(path.stem.split("-")[1]))
-    return sorted(steps)
+    """Steps of the saved ``best-N`` pairs whose copy is complete, oldest first."""
+    return sorted(int(stem.split("-")[1]) for stem in stems(saved, "best")
+                  if (saved / f"{stem}.safetensors").exists())
 
 
 def _score_one(run: Path, saved: Path, step: int, extra: list[str]) -> tuple[dict, float]:
@@ -75,8 +74,7 @@ def _score_one(run: Path, saved: Path, step: int, extra: list[str]) -> tuple[dic
         for suffix in (".json", ".safetensors"):
             shutil.copy2(saved / f"best-{step}{suffix}", clone / "checkpoints" / f"best-{step}{suffix}")
         info = json.loads((saved / f"best-{step}.json").read_text())["info"]
-        (clone / "checkpoints" / "best.json").write_text(json.dumps(
-            {"stem": f"best-{step}", "step": step, "val_accuracy": info.get("val_accuracy")}))
+        point(clone / "checkpoints", "best", f"best-{step}", info)
         began = time.monotonic()
         subprocess.run([sys.executable, "-m", "purer", "eval", str(clone), *extra], check=True)
         seconds = time.monotonic() - began
@@ -126,8 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--eval-seconds", type=float, help="the evaluation's wall time to add to each "
                    "point (default: as measured here; give the run's own when this machine is busy)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # passed on to purer eval
-    args = parser.parse_args(argv[:len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    own, extra = argv, []  # what follows -- goes to purer eval
+    if "--" in argv:
+        cut = argv.index("--")
+        own, extra = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(own)
     if args.command == "watch":
         watch(args.run, args.into, args.start, args.pid)
     else:

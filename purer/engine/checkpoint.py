@@ -99,7 +99,7 @@ def save_state(folder: Path, stem: str, state: dict[str, Any], pointer: str | No
         verify_pair(folder, stem)  # what is on disk, before anything points at it
         if pointer:
             target = folder / f"{pointer}.json"
-            atomic_write_text(target, json.dumps({"stem": stem, **(info or {})}))
+            point(folder, pointer, stem, info)
     except OSError as exc:
         kept = pointed_stem(folder, pointer) if pointer else None
         intact = f"; the previous checkpoint ({kept}) is intact" if kept else ""
@@ -160,6 +160,11 @@ def read_pair(folder: Path, stem: str, device: torch.device | str = "cpu") -> tu
         raise RunError(f"{folder / f'{stem}.json'}: does not match {tensor_path.name}") from None
     info = document.get("info", {})
     return state, info if isinstance(info, dict) else {}
+
+
+def point(folder: Path, pointer: str, stem: str, info: dict[str, Any] | None = None) -> None:
+    """Make ``pointer`` (``best``, ``last``) name the pair ``stem``, with its info."""
+    atomic_write_text(folder / f"{pointer}.json", json.dumps({"stem": stem, **(info or {})}))
 
 
 def pointed_stem(folder: Path, pointer: str) -> str | None:
